@@ -298,7 +298,7 @@ class Similarity:
         if points.shape[-1] != 3:
             raise ValueError(f"Similarity.apply: expected (..., 3), got {tuple(points.shape)}")
         dt, dev = points.dtype, points.device
-        s, R, t = (self.scale.to(dt, dev), self.rotation.to(dt, dev), self.translation.to(dt, dev))
+        s, R, t = (x.to(dtype=dt, device=dev) for x in (self.scale, self.rotation, self.translation))
         return s * points @ R.transpose(0, 1) + t
 
     __call__ = apply
@@ -645,3 +645,125 @@ class Mesh:
     def __repr__(self) -> str:
         return (f"Mesh(V={self.num_vertices}, F={self.num_faces}, dtype={self.dtype}, "
                 f"device={self.device}{', colors' if self.vertex_colors is not None else ''})")
+
+
+# --------------------------------------------------------------------------------------
+# Observations
+# --------------------------------------------------------------------------------------
+
+
+def _image_tensor(x: ArrayLike | None, name: str, shape: tuple[int, ...],
+                  dtype: torch.dtype) -> torch.Tensor | None:
+    if x is None:
+        return None
+    t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+    if tuple(t.shape) != shape:
+        raise ValueError(f"Observations.{name}: expected shape {shape} (the camera's image "
+                         f"size), got {tuple(t.shape)}")
+    if dtype == torch.bool:
+        return t.bool() if t.dtype == torch.bool else t > 0.5
+    return t.to(dtype)
+
+
+@dataclass(frozen=True, eq=False)
+class Observations:
+    """Everything the guidance engine consumes, in the image-aligned frame.
+
+    All 3D quantities are in the OpenCV camera frame of the (cropped) image, metres; all 2D
+    quantities in pixels of ``camera`` (``H x W = camera.height x camera.width``). They can
+    come from the foundation-model adapters, from synthetic scenes, or be built by hand from
+    your own data: only ``camera``, ``object_image``, the masks, ``hand_mesh`` and
+    ``gen_to_image`` are required; missing targets simply disable the losses that need them.
+
+    Attributes:
+        camera: intrinsics of the crop.
+        object_image: ``(h, w, 3|4)`` uint8 image of the object alone (hand removed,
+            background transparent or white): the generator's condition.
+        mask_hand, mask_object, mask_union: ``(H, W)`` bool. ``mask_object`` is the VISIBLE
+            object; ``mask_union = hand | object`` (computed when not given).
+        mask_object_amodal: optional ``(H, W)`` bool full object extent (e.g. from the
+            inpainted object image); used by the object silhouette so the part hidden by the
+            hand is not penalised.
+        image: optional ``(H, W, 3)`` uint8 crop image (for pictures only).
+        target_normals: optional ``(H, W, 3)`` unit normals, camera frame (facing the
+            camera means negative z).
+        target_disparity: optional ``(H, W)`` 1/depth in 1/metres (0 where invalid).
+        target_valid: optional ``(H, W)`` bool where the monocular geometry is valid.
+        partial_points: optional ``(N, 3)`` partial point cloud (metres).
+        hand_mesh: the hand in the image frame (e.g. MANO, 778 vertices).
+        hand_keypoints_3d: optional ``(21, 3)`` hand keypoints in the image frame (OpenPose
+            order), carried along with the hand similarity.
+        keypoints_2d: optional ``(21, 2)`` detected 2D keypoints in pixels;
+            ``keypoint_confidence`` optional ``(21,)`` in ``[0, 1]``.
+        gen_to_image: similarity from the generator frame (the decode box) to the image frame.
+        metadata: free-form provenance (scene id, adapter versions, ...).
+    """
+
+    camera: Camera
+    object_image: np.ndarray
+    mask_hand: torch.Tensor
+    mask_object: torch.Tensor
+    hand_mesh: Mesh
+    gen_to_image: Similarity
+    mask_union: torch.Tensor | None = None
+    mask_object_amodal: torch.Tensor | None = None
+    image: np.ndarray | None = None
+    target_normals: torch.Tensor | None = None
+    target_disparity: torch.Tensor | None = None
+    target_valid: torch.Tensor | None = None
+    partial_points: torch.Tensor | None = None
+    hand_keypoints_3d: torch.Tensor | None = None
+    keypoints_2d: torch.Tensor | None = None
+    keypoint_confidence: torch.Tensor | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.camera, Camera):
+            raise TypeError(f"Observations.camera: expected Camera, got "
+                            f"{type(self.camera).__name__}")
+        H, W = self.camera.height, self.camera.width
+        oi = np.asarray(self.object_image)
+        if oi.ndim != 3 or oi.shape[2] not in (3, 4) or oi.dtype != np.uint8:
+            raise ValueError(f"Observations.object_image: expected (h, w, 3|4) uint8, got "
+                             f"{oi.shape} {oi.dtype}")
+        object.__setattr__(self, "object_image", oi)
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
+        for k in ("mask_hand", "mask_object", "mask_union", "mask_object_amodal",
+                  "target_valid"):
+            set_(k, _image_tensor(getattr(self, k), k, (H, W), torch.bool))
+        if self.mask_union is None:
+            set_("mask_union", self.mask_hand | self.mask_object)
+        set_("target_normals", _image_tensor(self.target_normals, "target_normals", (H, W, 3),
+                                             torch.float32))
+        set_("target_disparity", _image_tensor(self.target_disparity, "target_disparity",
+                                               (H, W), torch.float32))
+        if self.image is not None:
+            img = np.asarray(self.image)
+            if img.shape != (H, W, 3) or img.dtype != np.uint8:
+                raise ValueError(f"Observations.image: expected ({H}, {W}, 3) uint8, got "
+                                 f"{img.shape} {img.dtype}")
+            set_("image", img)
+        if not isinstance(self.hand_mesh, Mesh):
+            raise TypeError(f"Observations.hand_mesh: expected Mesh, got "
+                            f"{type(self.hand_mesh).__name__}")
+        self.hand_mesh.require_nonempty("Observations.hand_mesh")
+        if not isinstance(self.gen_to_image, Similarity):
+            raise TypeError("Observations.gen_to_image: expected Similarity, got "
+                            f"{type(self.gen_to_image).__name__}")
+        for k, shape in (("partial_points", (None, 3)), ("hand_keypoints_3d", (21, 3)),
+                         ("keypoints_2d", (21, 2)), ("keypoint_confidence", (21,))):
+            v = getattr(self, k)
+            if v is None:
+                continue
+            t = torch.as_tensor(np.asarray(v) if not isinstance(v, torch.Tensor) else v)
+            t = t.float()
+            if t.ndim != len(shape) or any(s is not None and s != d
+                                           for s, d in zip(shape, t.shape)):
+                raise ValueError(f"Observations.{k}: expected shape "
+                                 f"{tuple('N' if s is None else s for s in shape)}, got "
+                                 f"{tuple(t.shape)}")
+            if not bool(torch.isfinite(t).all()):
+                raise ValueError(f"Observations.{k}: contains NaN or inf")
+            set_(k, t)
+        if not bool(self.mask_object.any()):
+            raise ValueError("Observations.mask_object is empty: no object pixels to guide by")
