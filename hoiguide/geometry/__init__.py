@@ -8,13 +8,18 @@ from typing import Any
 _EXPORTS = {
     'extract_isosurface': 'isosurface',
     'grid_points': 'isosurface',
+    'connected_components': 'isosurface',
+    'remove_small_components': 'isosurface',
     'closest_points': 'mesh_query',
     'signed_distance': 'mesh_query',
     'inside': 'mesh_query',
     'winding_number': 'mesh_query',
-    'icp': 'icp',
-    'fit_similarity': 'icp',
-    'initial_similarity': 'icp',
+    'sample_surface': 'sampling',
+    'icp': 'registration',
+    'fit_similarity': 'registration',
+    'initial_similarity': 'registration',
+    'IcpInfo': 'registration',
+    'trimmed_cost': 'registration',
 }
 
 __all__ = sorted(_EXPORTS)

@@ -56,7 +56,9 @@ def _warp() -> Any:
         import warp as wp
     except ImportError as e:  # pragma: no cover - warp is a core dependency
         raise ImportError("hoiguide.geometry.mesh_query needs warp: pip install warp-lang") from e
-    wp.config.quiet = True
+    wp.config.quiet = True  # older warp releases
+    if hasattr(wp, "LOG_WARNING") and hasattr(wp.config, "log_level"):
+        wp.config.log_level = max(wp.config.log_level, wp.LOG_WARNING)  # warp >= 1.19
     wp.init()
     return wp
 
@@ -66,7 +68,7 @@ def _kernels() -> dict[str, Any]:
     """Define the warp kernels once (compiled by warp on first launch, cached on disk)."""
     wp = _warp()
 
-    @wp.kernel
+    @wp.kernel(enable_backward=False)
     def closest_kernel(mesh: wp.uint64, pts: wp.array(dtype=wp.vec3), max_dist: float,
                        face: wp.array(dtype=wp.int32)):
         i = wp.tid()
@@ -76,7 +78,7 @@ def _kernels() -> dict[str, Any]:
         else:
             face[i] = -1
 
-    @wp.kernel
+    @wp.kernel(enable_backward=False)
     def closest_winding_kernel(mesh: wp.uint64, pts: wp.array(dtype=wp.vec3), max_dist: float,
                                accuracy: float, threshold: float,
                                face: wp.array(dtype=wp.int32), sign: wp.array(dtype=wp.float32)):
@@ -89,7 +91,7 @@ def _kernels() -> dict[str, Any]:
             face[i] = -1
             sign[i] = 1.0
 
-    @wp.kernel
+    @wp.kernel(enable_backward=False)
     def closest_normal_kernel(mesh: wp.uint64, pts: wp.array(dtype=wp.vec3), max_dist: float,
                               face: wp.array(dtype=wp.int32), sign: wp.array(dtype=wp.float32)):
         i = wp.tid()
@@ -101,10 +103,10 @@ def _kernels() -> dict[str, Any]:
             face[i] = -1
             sign[i] = 1.0
 
-    @wp.kernel
+    @wp.kernel(enable_backward=False)
     def winding_exact_kernel(pts: wp.array(dtype=wp.vec3d), verts: wp.array(dtype=wp.vec3d),
                              tris: wp.array(dtype=wp.int32), num_faces: int,
-                             out: wp.array(dtype=wp.float64)):
+                             inv_4pi: wp.float64, out: wp.array(dtype=wp.float64)):
         # exact generalized winding number: sum of signed solid angles (Van Oosterom and
         # Strackee 1983) of all triangles seen from the point, divided by 4 pi
         i = wp.tid()
@@ -120,7 +122,7 @@ def _kernels() -> dict[str, Any]:
             num = wp.dot(a, wp.cross(b, c))
             den = la * lb * lc + wp.dot(a, b) * lc + wp.dot(b, c) * la + wp.dot(c, a) * lb
             total = total + wp.float64(2.0) * wp.atan2(num, den)
-        out[i] = total / wp.float64(4.0 * 3.141592653589793)
+        out[i] = total * inv_4pi  # (a Python literal would be float32 here)
 
     return {"closest": closest_kernel, "winding": closest_winding_kernel,
             "normal": closest_normal_kernel, "winding_exact": winding_exact_kernel}
@@ -426,7 +428,7 @@ def winding_number(points: ArrayLike, mesh: Mesh) -> torch.Tensor:
     wp.launch(_kernels()["winding_exact"], dim=n,
               inputs=[wp.from_torch(pts, dtype=wp.vec3d), wp.from_torch(verts, dtype=wp.vec3d),
                       wp.from_torch(tris, dtype=wp.int32), mesh.num_faces,
-                      wp.from_torch(out, dtype=wp.float64)], device=wdev)
+                      1.0 / (4.0 * math.pi), wp.from_torch(out, dtype=wp.float64)], device=wdev)
     if dev.type == "cuda":
         wp.synchronize_device(wdev)
     return out
