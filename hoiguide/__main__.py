@@ -1,0 +1,5 @@
+import sys
+
+from hoiguide.cli import main
+
+sys.exit(main())
