@@ -8,6 +8,9 @@ from typing import Any
 _EXPORTS = {
     'FlowBackbone': 'base',
     'HunyuanBackbone': 'hunyuan',
+    'HunyuanCondition': 'hunyuan',
+    'CheckpointNotFoundError': 'hunyuan',
+    'check_backbone': 'base',
 }
 
 __all__ = sorted(_EXPORTS)

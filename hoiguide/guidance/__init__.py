@@ -10,8 +10,21 @@ _EXPORTS = {
     'predict_clean': 'flow',
     'velocity_from_clean': 'flow',
     'TimeConvention': 'flow',
+    'predict_clean_derivative': 'flow',
+    'predict_noise': 'flow',
+    'add_noise': 'flow',
     'sample': 'sampler',
     'latent_to_mesh': 'sampler',
+    'decode_grid': 'sampler',
+    'initial_noise': 'sampler',
+    'GuidedSampler': 'engine',
+    'GuidanceOptions': 'engine',
+    'GuidanceResult': 'engine',
+    'StepState': 'engine',
+    'History': 'engine',
+    'HistoryRecord': 'engine',
+    'NonFiniteLossError': 'engine',
+    'Timings': 'engine',
 }
 
 __all__ = sorted(_EXPORTS)
