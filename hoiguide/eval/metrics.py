@@ -23,7 +23,7 @@ from typing import Any, Iterable, Sequence, Union
 import numpy as np
 import torch
 
-from hoiguide.geometry.sampling import sample_surface
+from hoiguide.geometry.sampling import as_points, sample_surface
 from hoiguide.types import Mesh
 
 __all__ = ["sample_surface", "chamfer_distance", "fscore", "intersection_volume",
@@ -59,22 +59,7 @@ def _points(x: Geometry, name: str, fn: str, num_samples: int, seed: int) -> np.
         if not bool(torch.isfinite(x.vertices.detach()).all()):
             raise ValueError(f"{fn}: {name} has NaN or inf vertices")
         return sample_surface(x, num_samples, seed)
-    if isinstance(x, torch.Tensor):
-        arr = x.detach().cpu().double().numpy()
-    else:
-        try:
-            arr = np.asarray(x, dtype=np.float64)
-        except (TypeError, ValueError) as e:
-            raise TypeError(f"{fn}: expected {name} to be a Mesh or (N, 3) points, got "
-                            f"{type(x).__name__}") from e
-    if arr.ndim != 2 or arr.shape[1] != 3:
-        raise ValueError(f"{fn}: expected {name} of shape (N, 3), got {arr.shape}")
-    if arr.shape[0] == 0:
-        raise ValueError(f"{fn}: {name} is empty (0 points)")
-    if not np.isfinite(arr).all():
-        bad = int((~np.isfinite(arr).all(1)).sum())
-        raise ValueError(f"{fn}: {name} has {bad} NaN or inf points (of {arr.shape[0]})")
-    return arr
+    return as_points(x, name, fn)
 
 
 def _nn_distances(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,6 @@
 """Geometry: differentiable iso-surface, mesh distance queries, ICP, mesh utilities."""
 
-from importlib import import_module
-from typing import Any
+from hoiguide._lazy import lazy_exports
 
 # public name -> submodule that defines it (imported on first use, so optional heavy
 # dependencies are only needed by the parts that use them)
@@ -22,16 +21,4 @@ _EXPORTS = {
     'trimmed_cost': 'registration',
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

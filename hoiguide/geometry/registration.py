@@ -34,7 +34,7 @@ from typing import Sequence, Union
 import numpy as np
 import torch
 
-from hoiguide.geometry.sampling import sample_surface
+from hoiguide.geometry.sampling import as_points, sample_surface
 from hoiguide.types import Mesh, Similarity
 
 __all__ = ["fit_similarity", "initial_similarity", "icp", "IcpInfo",
@@ -54,26 +54,6 @@ _CORRESPONDENCES = ("source_to_target", "target_to_source")
 # --------------------------------------------------------------------------------------
 
 
-def _to_numpy_points(x: PointsLike, name: str, fn: str) -> np.ndarray:
-    """``(N, 3)`` float64 numpy copy of numpy / torch / nested-sequence points."""
-    if isinstance(x, Mesh):
-        raise TypeError(f"{fn}: expected {name} as an (N, 3) array of points, got a Mesh")
-    if isinstance(x, torch.Tensor):
-        arr = x.detach().cpu().double().numpy()
-    else:
-        try:
-            arr = np.asarray(x, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"{fn}: expected {name} as an (N, 3) array of points, got "
-                            f"{type(x).__name__}") from exc
-    if arr.ndim != 2 or arr.shape[1] != 3:
-        raise ValueError(f"{fn}: expected {name} of shape (N, 3), got {tuple(arr.shape)}")
-    if not np.isfinite(arr).all():
-        bad = int((~np.isfinite(arr).all(1)).sum())
-        raise ValueError(f"{fn}: {name} has {bad} points with NaN or inf coordinates")
-    return arr
-
-
 def _mesh_numpy(mesh: Mesh, name: str, fn: str) -> tuple[np.ndarray, np.ndarray]:
     if mesh.is_empty:
         raise ValueError(f"{fn}: {name} is an empty mesh ({mesh.num_vertices} vertices, "
@@ -86,7 +66,7 @@ def _geometry_points(x: Geometry, name: str, fn: str, num_samples: int,
                      seed: int) -> np.ndarray:
     if isinstance(x, Mesh):
         return sample_surface(x, num_samples, seed)
-    pts = _to_numpy_points(x, name, fn)
+    pts = as_points(x, name, fn)
     if len(pts) < 3:
         raise ValueError(f"{fn}: {name} needs at least 3 points, got {len(pts)}")
     return pts
@@ -105,7 +85,7 @@ def _centroid_and_diagonal(x: Geometry, name: str, fn: str) -> tuple[np.ndarray,
         centroid = (area[:, None] * tri.mean(1)).sum(0) / area.sum()
         used = v[np.unique(f)]
     else:
-        used = _to_numpy_points(x, name, fn)
+        used = as_points(x, name, fn)
         if len(used) == 0:
             raise ValueError(f"{fn}: {name} has no points")
         centroid = used.mean(0)
@@ -205,8 +185,8 @@ def fit_similarity(source: PointsLike, target: PointsLike,
             or degenerate input (source or target points collinear or coincident).
     """
     fn = "fit_similarity"
-    src = _to_numpy_points(source, "source", fn)
-    tgt = _to_numpy_points(target, "target", fn)
+    src = as_points(source, "source", fn)
+    tgt = as_points(target, "target", fn)
     if src.shape != tgt.shape:
         raise ValueError(f"{fn}: expected source and target of the same shape (N, 3), got "
                          f"{src.shape} and {tgt.shape}")
@@ -338,8 +318,8 @@ def trimmed_cost(transform: Similarity, source: PointsLike, target: PointsLike,
     from scipy.spatial import cKDTree
 
     fn = "trimmed_cost"
-    src = _to_numpy_points(source, "source", fn)
-    tgt = _to_numpy_points(target, "target", fn)
+    src = as_points(source, "source", fn)
+    tgt = as_points(target, "target", fn)
     if len(src) == 0 or len(tgt) == 0:
         raise ValueError(f"{fn}: expected non-empty point sets, got {len(src)} source and "
                          f"{len(tgt)} target points")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import torch
 
 from hoiguide.types import Mesh
 
-__all__ = ["sample_surface"]
+__all__ = ["sample_surface", "as_points"]
 
 
 def sample_surface(mesh: Mesh, n: int, seed: int = 0) -> np.ndarray:
@@ -47,3 +50,26 @@ def sample_surface(mesh: Mesh, n: int, seed: int = 0) -> np.ndarray:
     w0, w1, w2 = 1.0 - r1, r1 * (1.0 - r2), r1 * r2
     t = tri[face]
     return w0[:, None] * t[:, 0] + w1[:, None] * t[:, 1] + w2[:, None] * t[:, 2]
+
+
+def as_points(x: Any, name: str, fn: str) -> np.ndarray:
+    """Validate numpy / torch / nested-sequence points as an ``(N, 3)`` float64 numpy copy
+    (``N >= 1``, all finite), raising errors that name the caller ``fn`` and argument ``name``."""
+    if isinstance(x, Mesh):
+        raise TypeError(f"{fn}: expected {name} as an (N, 3) array of points, got a Mesh")
+    if isinstance(x, torch.Tensor):
+        arr = x.detach().cpu().double().numpy()
+    else:
+        try:
+            arr = np.asarray(x, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{fn}: expected {name} as an (N, 3) array of points, got "
+                            f"{type(x).__name__}") from exc
+    if arr.ndim != 2 or arr.shape[1] != 3:
+        raise ValueError(f"{fn}: expected {name} of shape (N, 3), got {tuple(arr.shape)}")
+    if arr.shape[0] == 0:
+        raise ValueError(f"{fn}: {name} is empty (0 points)")
+    if not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr).all(1)).sum())
+        raise ValueError(f"{fn}: {name} has {bad} NaN or inf points (of {arr.shape[0]})")
+    return arr
