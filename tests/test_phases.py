@@ -22,7 +22,7 @@ from hoiguide.phases import schema
 
 PRESETS = {"followmyhold", "fast", "no_guidance", "no_phase1", "no_phase2", "swapped",
            "joint_only", "no_normal", "no_disparity", "no_silhouette", "no_intersection",
-           "no_proximity"}
+           "no_proximity", "unguided"}
 
 
 def _write(tmp_path: Path, text: str, name: str = "sched.yaml") -> Path:
@@ -178,7 +178,7 @@ def test_every_preset_loads_resolves_and_round_trips(tmp_path):
         s = load_schedule(name)
         assert s.name == name and s.description
         r = s.resolve()
-        assert any(p.steps or p.after_sampling for p in r)
+        assert any(p.steps or p.after_sampling for p in r) or name == "unguided"
         small = s.resolve(2)   # the 2-step smoke test of the engine
         assert all(i in (0, 1) for p in small for i in p.steps)
         for p in s.phases:
@@ -505,3 +505,9 @@ def test_base_and_file_errors(tmp_path):
         load_schedule(tmp_path / "nope.yaml")
     with pytest.raises(TypeError, match="expected a preset name"):
         load_schedule(3)
+
+
+def test_unguided_preset_runs_no_phase_at_all():
+    r = load_schedule("unguided").resolve(10)
+    assert list(r) == [] and r.unguided_steps == tuple(range(10))
+    assert load_schedule("unguided").post_phases == ()

@@ -1,4 +1,5 @@
-"""Metrics of the paper's protocol (Chamfer cm^2, F-score, intersection volume cm^3, reconstruction rate)."""
+"""Metrics of the paper's protocol (Chamfer cm^2, F-score, intersection volume cm^3, reconstruction rate)
+and the benchmark runner (:func:`run_benchmark`, ``hoiguide bench``)."""
 
 from hoiguide._lazy import lazy_exports
 
@@ -12,6 +13,13 @@ _EXPORTS = {
     'sample_surface': 'metrics',
     'hand_aligned_metrics': 'protocol',
     'hand_alignment': 'protocol',
+    'run_benchmark': 'bench',
+    'summarize': 'bench',
+    'format_table': 'bench',
+    'scene_seed': 'bench',
+    'resolve_scenes': 'bench',
+    'resolve_presets': 'bench',
+    'BenchmarkError': 'bench',
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -19,6 +19,10 @@ _EXPORTS = {
     'initial_similarity': 'registration',
     'IcpInfo': 'registration',
     'trimmed_cost': 'registration',
+    'point_map_from_depth': 'depth',
+    'depth_edges': 'depth',
+    'mesh_from_point_map': 'depth',
+    'point_map_targets': 'depth',
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

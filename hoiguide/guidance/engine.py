@@ -570,6 +570,18 @@ class _Run:
             out.append(term)
         return out
 
+    def _phase_bar(self, name: str, step: Optional[int], total: int) -> Any:
+        """A second tqdm bar over one phase's inner iterations (below the step bar)."""
+        if not self.progress or total < 2:
+            return None
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            return None
+        where = "after sampling" if step is None else f"step {step}"
+        return tqdm(total=total, desc=f"  {name} ({where})", leave=False, position=1,
+                    unit="it")
+
     # ---- one phase at one step ------------------------------------------------------------
     def _optimise(self, phase: Any, terms: Sequence[Any], step: Optional[int],
                   x: torch.Tensor, v: Optional[torch.Tensor], sigma: Optional[float]
@@ -619,7 +631,12 @@ class _Run:
         last_vals: dict[str, float] = {}
         first_total = last_total = float("nan")
         t_phase = time.perf_counter()
+        ibar = self._phase_bar(phase.name, step, iters)
         for it in range(iters):
+            if ibar is not None:
+                ibar.update(1)
+                if it % 5 == 0 and math.isfinite(last_total):
+                    ibar.set_postfix_str(f"loss {last_total:.4g}", refresh=False)
             optimizer.zero_grad(set_to_none=True)
             if decode_each:
                 mesh_gen = self._decode(clean_estimate(), "decoded SDF", phase.name, step, it)
@@ -691,6 +708,8 @@ class _Run:
             self.counters["iterations"] += 1
             self.history.add(HistoryRecord(step, phase.name, it, vals, tot))
             last_obj, last_vals = obj, vals
+        if ibar is not None:
+            ibar.close()
         for sim in (self.hand, self.object):
             for p in sim.parameters():
                 p.requires_grad_(False)
@@ -724,7 +743,7 @@ class _Run:
             x = check_latent(bb, self.latents, "latents").to(bb.device, bb.dtype)
             if x.shape[0] != 1:
                 raise ValueError(f"latents: expected a batch of 1, got {tuple(x.shape)}")
-        log.info("guided sampling with schedule %r:\n%s", sched.name, self.s.resolved.table())
+        log.debug("guided sampling with schedule %r:\n%s", sched.name, self.s.resolved.table())
         bar = None
         if self.progress:
             try:

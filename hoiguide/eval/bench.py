@@ -1,0 +1,723 @@
+"""The benchmark runner: every preset on every scene of a scene set, scored with the paper's
+hand-aligned protocol, written to disk scene by scene and summarised in the paper's layout.
+
+Layout of the output folder ``out``::
+
+    run.json                       what was run: scene set, backbone, noise, seed, command,
+                                   and per preset its configuration fingerprint (merged
+                                   across runs into the same folder)
+    <preset>/<scene_id>.json       one result per (scene, preset): status "ok" / "failed",
+                                   the failure's pipeline phase and reason, the metrics,
+                                   seconds, the engine's counters
+    <preset>/<scene_id>/object.ply + hand.ply    only with ``save_meshes=True``
+    summary.json                   per preset: mean and median of each metric over the
+                                   scenes that succeeded, RR, n, n_ok, the failures
+    summary.md                     the same as Markdown tables (mean and median)
+
+Metrics (:func:`hoiguide.eval.hand_aligned_metrics`, REFERENCE.md section 4): the predicted
+hand is aligned to the ground-truth hand by a similarity, the same similarity is applied to
+the predicted object, then Chamfer distance (cm^2), F-score at 5 mm and 10 mm and the
+intersection volume of the aligned predicted hand and object (cm^3). Every mesh is in the
+camera frame of its scene, metres.
+
+Failure policy: an exception while loading the scene, simulating its observations,
+reconstructing or scoring one (scene, preset) pair is caught, logged at WARNING with its
+traceback and recorded as ``{"status": "failed", "phase": ..., "reason": "Type: message"}``;
+a reconstruction whose status is not ``"ok"`` (e.g. an empty object mesh) is a failure too.
+Failures count against the reconstruction rate (``rr = n_ok / n``) and are left out of the
+metric means and medians (so always read CD/F/IV together with RR and ``n_ok``).
+``KeyboardInterrupt`` is never swallowed; what was finished stays on disk.
+
+Re-running into the same folder skips (scene, preset) pairs whose JSON exists with the same
+configuration fingerprint (preset definition, noise, seed, backbone name, guidance options,
+metric samples, observer); ``overwrite=True`` recomputes them. The summaries are always
+rebuilt from the JSON files on disk, so interrupted or partial runs accumulate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import shlex
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+
+__all__ = ["run_benchmark", "summarize", "format_table", "scene_seed", "resolve_scenes",
+           "resolve_presets", "BenchmarkError",
+           "METRICS"]
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+
+RESULT_FORMAT = "hoiguide-bench-result"
+SUMMARY_FORMAT = "hoiguide-bench-summary"
+RUN_FORMAT = "hoiguide-bench-run"
+FORMAT_VERSION = 1
+
+#: the per-scene metrics, in table order (name in JSON, table header, better)
+METRICS = (("cd_cm2", "CD (cm^2) ↓", 3), ("f5", "F5 ↑", 3), ("f10", "F10 ↑", 3),
+           ("iv_cm3", "IV (cm^3) ↓", 2))
+_STATS = ("mean", "median")
+
+
+class BenchmarkError(ValueError):
+    """Bad benchmark input (no scenes, duplicate preset names, ...): nothing was run."""
+
+
+# --------------------------------------------------------------------------------------
+# small helpers
+# --------------------------------------------------------------------------------------
+
+
+def scene_seed(seed: int, scene_id: str) -> int:
+    """The per-scene seed: a stable hash of ``(seed, scene_id)`` in ``[0, 2^31)``.
+
+    Stable across runs, processes and machines (SHA-256, not Python's salted ``hash``).
+    Used for the scene's simulated observations, the flow's initial noise and the metrics'
+    surface sampling, so every preset sees identical inputs."""
+    digest = hashlib.sha256(f"{int(seed)}/{scene_id}".encode()).hexdigest()
+    return int(digest[:8], 16) % (2 ** 31)
+
+
+def _json_default(o: Any) -> Any:
+    import numpy as np
+    import torch
+
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return _finite(float(o))
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, torch.Tensor):
+        return o.detach().cpu().tolist()
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+def _finite(x: Any) -> Optional[float]:
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Write atomically (temporary file + rename): an interrupted run never leaves half a
+    JSON that a re-run would trust."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_clean(data), indent=1, default=_json_default,
+                              allow_nan=False))
+    tmp.replace(path)
+
+
+def _clean(x: Any) -> Any:
+    """Non-finite floats -> None (strict JSON), recursively."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    return x
+
+
+def _read_json(path: Path) -> Optional[dict]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        log.warning("bench: ignoring unreadable %s (%s)", path, exc)
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _fingerprint(config: Mapping[str, Any]) -> str:
+    text = json.dumps(config, sort_keys=True, default=_json_default)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _reason(exc: BaseException) -> str:
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+    return text[:500]
+
+
+def _callable_name(fn: Any) -> str:
+    mod = getattr(fn, "__module__", None) or ""
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{mod}.{name}" if mod else name
+
+
+def _default_backbone_name(backbone: Any) -> str:
+    name = getattr(backbone, "name", None)
+    if isinstance(name, str) and name:
+        return name
+    cls = type(backbone)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+# --------------------------------------------------------------------------------------
+# inputs: scenes and presets
+# --------------------------------------------------------------------------------------
+
+
+def _scene_entries(directory: Path) -> list[tuple[str, Path]]:
+    from hoiguide.synth.scene import list_scenes, read_manifest
+
+    if (directory / "manifest.json").is_file():
+        return [(str(s.get("id", Path(s["path"]).name)), directory / s["path"])
+                for s in read_manifest(directory)["scenes"]]
+    return [(p.name, p) for p in list_scenes(directory)]
+
+
+def resolve_scenes(scenes: Union[PathLike, Sequence[PathLike]],
+                   limit: Optional[int] = None) -> list[tuple[str, Path]]:
+    """``(scene_id, folder)`` of every scene: ``scenes`` is a scene-set folder (with
+    ``manifest.json`` or ``*/scene.json``), one scene folder, or a sequence of either.
+    Scene ids come from the manifest, else the folder names.
+
+    Raises:
+        BenchmarkError: no scenes, a missing folder, duplicate scene ids or a bad ``limit``.
+        hoiguide.synth.scene.SceneFormatError: a malformed manifest.
+    """
+    from hoiguide.synth.scene import SceneFormatError
+
+    items = [scenes] if isinstance(scenes, (str, Path)) else list(scenes)
+    if not items:
+        raise BenchmarkError("bench: expected at least one scene folder, got none")
+    found: list[tuple[str, Path]] = []
+    for item in items:
+        d = Path(item).expanduser()
+        if not d.is_dir():
+            raise BenchmarkError(f"bench: no such scene folder: {d}")
+        try:
+            found.extend(_scene_entries(d))
+        except SceneFormatError as exc:
+            raise BenchmarkError(f"bench: {exc}") from None
+    if not found:
+        raise BenchmarkError(f"bench: no scenes in {', '.join(str(i) for i in items)}")
+    seen: dict[str, Path] = {}
+    for sid, p in found:
+        if sid in seen:
+            raise BenchmarkError(f"bench: duplicate scene id {sid!r} ({seen[sid]} and {p})")
+        if not sid or "/" in sid or sid in (".", ".."):
+            raise BenchmarkError(f"bench: scene id {sid!r} cannot be a file name")
+        seen[sid] = p
+    if limit is not None:
+        if isinstance(limit, bool) or int(limit) != limit or int(limit) < 1:
+            raise BenchmarkError(f"bench: expected limit to be a positive integer, got "
+                                 f"{limit!r}")
+        found = found[:int(limit)]
+    return found
+
+
+def resolve_presets(presets: Sequence[Any]) -> list[tuple[str, Any]]:
+    """``(name, PhaseSchedule)`` per preset (a preset name, a YAML path, a mapping or a
+    schedule); the schedule's ``name`` names its output folder.
+
+    Raises:
+        hoiguide.ScheduleError: an unknown preset or an invalid schedule.
+        BenchmarkError: no presets, or two presets with the same name.
+    """
+    from hoiguide.phases import load_schedule
+
+    if isinstance(presets, (str, Path)):
+        presets = [presets]
+    presets = list(presets)
+    if not presets:
+        raise BenchmarkError("bench: expected at least one preset, got none")
+    out: list[tuple[str, Any]] = []
+    where: dict[str, Any] = {}
+    for p in presets:
+        sched = load_schedule(p)
+        name = sched.name
+        if not name or "/" in name or "\\" in name or name in (".", ".."):
+            raise BenchmarkError(f"bench: preset name {name!r} (from {p!r}) cannot be a "
+                                 "folder name")
+        if name in where:
+            raise BenchmarkError(f"bench: two presets are named {name!r} ({where[name]!r} and "
+                                 f"{p!r}); give one a different 'name:'")
+        where[name] = p
+        out.append((name, sched))
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# one (scene, preset) pair
+# --------------------------------------------------------------------------------------
+
+
+def _failed(phase: str, exc: BaseException, what: str) -> dict[str, Any]:
+    log.warning("bench: %s failed while %s: %s", what, phase, _reason(exc), exc_info=exc)
+    return {"status": "failed", "phase": phase, "reason": _reason(exc),
+            "traceback": "".join(traceback.format_exception(type(exc), exc,
+                                                           exc.__traceback__))[-4000:]}
+
+
+def _run_pair(res: dict[str, Any], scene: Any, obs: Any, schedule: Any, *, backbone: Any,
+              seed: int, device: Any, options: Any, num_samples: int, save_dir: Optional[Path]
+              ) -> None:
+    """Reconstruct and score one scene with one preset, filling ``res`` as it goes
+    (``res["phase"]`` is the pipeline phase in progress). Exceptions propagate: the caller
+    records them with that phase."""
+    from hoiguide.api import guided_reconstruct
+    from hoiguide.eval.protocol import hand_aligned_metrics
+
+    res["phase"] = "reconstruct"
+    t0 = time.perf_counter()
+    rec = guided_reconstruct(observations=obs, backbone=backbone, schedule=schedule,
+                             seed=seed, device=device, progress=False, options=options)
+    res["seconds_reconstruct"] = time.perf_counter() - t0
+    res["reconstruction_status"] = rec.status
+    res["counters"] = dict(rec.counters)
+    res["timings"] = rec.timings
+    res["num_steps"] = rec.schedule.get("num_steps")
+    res["object_mesh"] = {"vertices": rec.object_mesh.num_vertices,
+                          "faces": rec.object_mesh.num_faces}
+    if save_dir is not None:
+        res["phase"] = "save"
+        save_dir.mkdir(parents=True, exist_ok=True)
+        for name, mesh in (("object", rec.object_mesh), ("hand", rec.hand_mesh)):
+            if not mesh.is_empty:
+                mesh.detach().to(device="cpu").export(save_dir / f"{name}.ply")
+        res["phase"] = "reconstruct"
+    if not rec.ok:
+        res.update(status="failed", reason=f"reconstruction status: {rec.status}")
+        return
+    if rec.object_mesh.is_empty:
+        res.update(status="failed", reason="reconstruction status: empty object mesh")
+        return
+    res["phase"] = "metrics"
+    t1 = time.perf_counter()
+    m = hand_aligned_metrics(rec.hand_mesh, rec.object_mesh, scene.hand_mesh,
+                             scene.object_mesh, num_samples=num_samples, seed=seed)
+    res["seconds_metrics"] = time.perf_counter() - t1
+    metrics = {k: _finite(m[k]) for k, _, _ in METRICS}
+    bad = [k for k, v in metrics.items() if v is None]
+    res["metrics"] = metrics
+    res["alignment"] = m["alignment"].to_dict()
+    if bad:
+        res.update(status="failed", reason=f"non-finite metrics: {', '.join(bad)}")
+        return
+    res.update(status="ok", phase=None, reason=None)
+
+
+# --------------------------------------------------------------------------------------
+# the runner
+# --------------------------------------------------------------------------------------
+
+
+def _progress_bar(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc="bench", unit="run", leave=True)
+
+
+def run_benchmark(scenes: Union[PathLike, Sequence[PathLike]], presets: Sequence[Any],
+                  out: PathLike, *, backbone: Any,
+                  observe: Optional[Callable[[Any, int], Any]] = None,
+                  noise: Union[str, float] = "default", seed: int = 0, device: Any = None,
+                  num_samples: int = 10000, overwrite: bool = False, progress: bool = True,
+                  limit: Optional[int] = None, options: Optional[Mapping[str, Any]] = None,
+                  save_meshes: bool = False, backbone_name: Optional[str] = None,
+                  command: Optional[str] = None) -> dict[str, Any]:
+    """Run every preset on every scene, score with the hand-aligned protocol, write the
+    per-scene JSONs, ``summary.json`` and ``summary.md`` into ``out`` (see the module
+    docstring for the layout and the failure policy).
+
+    Scenes are the outer loop and presets the inner one: each scene's observations are
+    computed once (seed :func:`scene_seed`) and shared by all presets, so presets are
+    compared on identical inputs; the same per-scene seed is the flow's noise seed.
+
+    Args:
+        scenes: a scene-set folder (``hoiguide synth`` output), a scene folder, or a list.
+        presets: preset names, YAML paths, mappings or schedules; each schedule's ``name``
+            names its output folder (two with the same name is an error). ``"unguided"`` is
+            the no-guidance baseline (generator output placed by the ICP chain).
+        out: output folder (created).
+        backbone: the :class:`hoiguide.FlowBackbone` used for every run.
+        observe: ``observe(scene, seed) -> hoiguide.Observations``; default:
+            ``hoiguide.synth.observers.simulate_observations(scene, backbone=backbone,
+            noise=noise, seed=seed)``.
+        noise: the observers' noise level (``"default"``, ``"none"`` or a float); passed to
+            the default observer and part of the configuration fingerprint.
+        seed: base seed (per-scene seeds derive from it and the scene id).
+        device: passed to :func:`hoiguide.guided_reconstruct` (must be the backbone's).
+        num_samples: surface samples per mesh for Chamfer / F-score.
+        overwrite: recompute pairs that already have a result with the same configuration.
+        progress: a tqdm bar over (scene, preset) pairs (when tqdm is installed).
+        limit: only the first ``limit`` scenes.
+        options: :class:`hoiguide.GuidanceOptions` fields (e.g. ``grid_resolution``).
+        save_meshes: also write ``out/<preset>/<scene_id>/object.ply`` and ``hand.ply``
+            (image-aligned camera frame, metres).
+        backbone_name: the backbone's name in reports and fingerprints (default: its
+            ``name`` attribute or its class path).
+        command: the command line shown in ``summary.md`` (default: ``sys.argv``).
+
+    Returns:
+        The summary dict (what :func:`summarize` writes to ``summary.json``).
+
+    Raises:
+        BenchmarkError, hoiguide.ScheduleError: bad scenes or presets (before anything runs).
+        KeyboardInterrupt: passed through; finished pairs stay on disk.
+    """
+    from hoiguide.guidance.engine import GuidanceOptions
+
+    if backbone is None:
+        raise BenchmarkError("bench: expected a backbone (any hoiguide.FlowBackbone), got None")
+    scene_list = resolve_scenes(scenes, limit)
+    preset_list = resolve_presets(presets)
+    num_samples = int(num_samples)
+    if num_samples < 1:
+        raise BenchmarkError(f"bench: expected num_samples >= 1, got {num_samples}")
+    opts = GuidanceOptions.coerce(options)
+    opts_dict = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)}
+    bname = backbone_name or _default_backbone_name(backbone)
+    if observe is None:
+        try:
+            from hoiguide.synth.observers import simulate_observations
+        except ImportError as exc:
+            raise ImportError(
+                "bench: the default observer hoiguide.synth.observers.simulate_observations "
+                f"is not available ({exc}); pass observe=callable(scene, seed) -> "
+                "hoiguide.Observations") from exc
+
+        def observe(scene: Any, s: int) -> Any:
+            return simulate_observations(scene, backbone=backbone, noise=noise, seed=s)
+
+        observer_name = "hoiguide.synth.observers.simulate_observations"
+    else:
+        observer_name = _callable_name(observe)
+
+    out = Path(out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    common = {"noise": noise, "seed": int(seed), "backbone": bname, "options": opts_dict,
+              "num_samples": num_samples, "observer": observer_name}
+    configs = {name: {"schedule": sched.to_dict(), **common} for name, sched in preset_list}
+    fingerprints = {name: _fingerprint(cfg) for name, cfg in configs.items()}
+    _write_run_info(out, scene_list, scenes, preset_list, fingerprints, common,
+                    command if command is not None else shlex.join(sys.argv))
+
+    total = len(scene_list) * len(preset_list)
+    bar = _progress_bar(total, progress)
+    redirect = None
+    if bar is not None:
+        try:
+            from tqdm.contrib.logging import logging_redirect_tqdm
+            redirect = logging_redirect_tqdm()
+            redirect.__enter__()
+        except ImportError:
+            redirect = None
+    counts = {"ok": 0, "failed": 0, "skipped": 0}
+    done = 0
+    try:
+        for scene_id, scene_dir in scene_list:
+            s_seed = scene_seed(seed, scene_id)
+            todo = []
+            for name, sched in preset_list:
+                path = out / name / f"{scene_id}.json"
+                if not overwrite and _is_done(path, fingerprints[name]):
+                    counts["skipped"] += 1
+                    done += 1
+                    log.debug("bench: %s / %s already done", name, scene_id)
+                    if bar is not None:
+                        bar.update(1)
+                    continue
+                todo.append((name, sched, path))
+            if not todo:
+                continue
+            # the scene and its observations: once, shared by every preset
+            scene = obs = None
+            shared_fail: Optional[dict[str, Any]] = None
+            t_obs = 0.0
+            try:
+                from hoiguide.synth.scene import Scene
+                scene = Scene.load(scene_dir)
+            except Exception as exc:  # noqa: BLE001 -- recorded, counts against RR
+                shared_fail = _failed("load", exc, f"scene {scene_id}")
+            if shared_fail is None:
+                t = time.perf_counter()
+                try:
+                    obs = observe(scene, s_seed)
+                except Exception as exc:  # noqa: BLE001
+                    shared_fail = _failed("observe", exc, f"scene {scene_id}")
+                t_obs = time.perf_counter() - t
+            for name, sched, path in todo:
+                t0 = time.perf_counter()
+                if shared_fail is not None:
+                    res = dict(shared_fail)
+                else:
+                    res = {}
+                    try:
+                        _run_pair(res, scene, obs, sched, backbone=backbone, seed=s_seed,
+                                  device=device, options=opts, num_samples=num_samples,
+                                  save_dir=(out / name / scene_id) if save_meshes else None)
+                    except Exception as exc:  # noqa: BLE001 -- recorded, counts against RR
+                        res.update(_failed(res.get("phase") or "reconstruct", exc,
+                                           f"{name} on {scene_id}"))
+                    else:
+                        if res["status"] != "ok":
+                            log.warning("bench: %s on %s failed (%s): %s", name, scene_id,
+                                        res["phase"], res["reason"])
+                record = _record(scene_id, scene_dir, name, s_seed, fingerprints[name],
+                                 configs[name], res, t_obs, time.perf_counter() - t0)
+                _write_json(path, record)
+                counts[record["status"]] += 1
+                done += 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(ok=counts["ok"], failed=counts["failed"])
+                m = record["metrics"] or {}
+                log.info("bench [%d/%d] %s / %s: %s%s (%.1f s)", done, total, name, scene_id,
+                         record["status"],
+                         f" CD {m['cd_cm2']:.3g} cm^2 F5 {m['f5']:.3f}" if record["status"]
+                         == "ok" else f" ({record['phase']}: {record['reason']})",
+                         record["seconds"]["total"])
+    finally:
+        if redirect is not None:
+            redirect.__exit__(None, None, None)
+        if bar is not None:
+            bar.close()
+    log.info("bench: %d ok, %d failed, %d skipped (already done); writing %s",
+             counts["ok"], counts["failed"], counts["skipped"], out / "summary.json")
+    return summarize(out)
+
+
+def _is_done(path: Path, fingerprint: str) -> bool:
+    if not path.is_file():
+        return False
+    data = _read_json(path)
+    return bool(data) and data.get("fingerprint") == fingerprint and \
+        data.get("status") in ("ok", "failed")
+
+
+def _record(scene_id: str, scene_dir: Path, preset: str, s_seed: int, fingerprint: str,
+            config: dict[str, Any], res: dict[str, Any], t_obs: float, t_pair: float
+            ) -> dict[str, Any]:
+    status = "ok" if res.get("status") == "ok" else "failed"
+    rec_s = res.get("seconds_reconstruct")
+    return {
+        "format": RESULT_FORMAT, "version": FORMAT_VERSION,
+        "scene_id": scene_id, "scene_dir": str(scene_dir), "preset": preset,
+        "status": status,
+        "phase": None if status == "ok" else res.get("phase"),
+        "reason": None if status == "ok" else (res.get("reason") or "unknown"),
+        "metrics": res.get("metrics") if status == "ok" else None,
+        "metrics_of_failed_run": res.get("metrics") if status != "ok" else None,
+        "seconds": {"reconstruct": rec_s, "observe": t_obs,
+                    "metrics": res.get("seconds_metrics"), "total": t_obs + t_pair},
+        "reconstruction_status": res.get("reconstruction_status"),
+        "counters": res.get("counters"),
+        "num_steps": res.get("num_steps"),
+        "object_mesh": res.get("object_mesh"),
+        "timings": res.get("timings"),
+        "alignment": res.get("alignment"),
+        "seed": s_seed,
+        "fingerprint": fingerprint,
+        "config": {k: v for k, v in config.items() if k != "schedule"},
+        "traceback": res.get("traceback"),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def _write_run_info(out: Path, scene_list: list[tuple[str, Path]], scenes_arg: Any,
+                    preset_list: list[tuple[str, Any]], fingerprints: dict[str, str],
+                    common: dict[str, Any], command: str) -> None:
+    path = out / "run.json"
+    old = _read_json(path) if path.is_file() else None
+    presets = dict((old or {}).get("presets", {}))
+    for name, sched in preset_list:
+        presets.pop(name, None)
+    presets.update({name: {"fingerprint": fingerprints[name], "source": sched.source,
+                           "schedule": sched.to_dict(), "config": common}
+                    for name, sched in preset_list})
+    src = [str(scenes_arg)] if isinstance(scenes_arg, (str, Path)) else \
+        [str(s) for s in scenes_arg]
+    _write_json(path, {
+        "format": RUN_FORMAT, "version": FORMAT_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "scenes": src, "num_scenes": len(scene_list),
+        "scene_ids": [s for s, _ in scene_list],
+        "backbone": common["backbone"], "noise": common["noise"], "seed": common["seed"],
+        "options": common["options"], "num_samples": common["num_samples"],
+        "observer": common["observer"], "command": command,
+        "run_presets": [name for name, _ in preset_list],
+        "presets": presets,
+    })
+
+
+# --------------------------------------------------------------------------------------
+# summaries
+# --------------------------------------------------------------------------------------
+
+
+def _stats(values: Iterable[Optional[float]]) -> dict[str, Optional[float]]:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return {"mean": None, "median": None}
+    return {"mean": float(statistics.fmean(vals)), "median": float(statistics.median(vals))}
+
+
+def _preset_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = [r for r in results if r.get("status") == "ok" and r.get("metrics")]
+    n = len(results)
+    summary: dict[str, Any] = {}
+    for key, _, _ in METRICS:
+        summary[key] = _stats(_finite(r["metrics"].get(key)) for r in ok)
+    summary["rr"] = (len(ok) / n) if n else None
+    summary["seconds"] = _stats(_finite((r.get("seconds") or {}).get("reconstruct"))
+                                for r in ok)
+    summary["seconds_total"] = _stats(_finite((r.get("seconds") or {}).get("total"))
+                                      for r in ok)
+    summary["n"] = n
+    summary["n_ok"] = len(ok)
+    summary["failures"] = [{"scene_id": r.get("scene_id"), "phase": r.get("phase"),
+                            "reason": r.get("reason")}
+                           for r in results if not (r.get("status") == "ok"
+                                                    and r.get("metrics"))]
+    return summary
+
+
+def summarize(out: PathLike) -> dict[str, Any]:
+    """(Re)build ``out/summary.json`` and ``out/summary.md`` from the per-scene JSONs on disk.
+
+    Every ``out/<preset>/*.json`` result counts, except results whose configuration
+    fingerprint differs from the one ``run.json`` records for that preset (stale results of
+    an earlier configuration: skipped and counted in ``n_stale``). Per preset: ``mean`` and
+    ``median`` of ``cd_cm2``, ``f5``, ``f10``, ``iv_cm3`` and ``seconds`` (the
+    guided_reconstruct wall time) over the successful scenes, ``rr = n_ok / n`` (failures
+    count), ``n``, ``n_ok``, ``failures``.
+
+    Returns:
+        ``{"format", "version", "run": {...}, "presets": {name: {...}}}``.
+
+    Raises:
+        FileNotFoundError: ``out`` is not a folder.
+    """
+    out = Path(out).expanduser()
+    if not out.is_dir():
+        raise FileNotFoundError(f"summarize: no such folder: {out}")
+    run = _read_json(out / "run.json") if (out / "run.json").is_file() else None
+    run = run or {}
+    known = run.get("presets", {})
+    order = list(run.get("run_presets", []))
+    order += [n for n in known if n not in order]
+    folders = sorted(p.name for p in out.iterdir() if p.is_dir())
+    order += [n for n in folders if n not in order]
+    presets: dict[str, Any] = {}
+    for name in order:
+        d = out / name
+        if not d.is_dir():
+            continue
+        want = (known.get(name) or {}).get("fingerprint")
+        results, stale = [], 0
+        for p in sorted(d.glob("*.json")):
+            r = _read_json(p)
+            if not r or r.get("format") != RESULT_FORMAT:
+                continue
+            if want is not None and r.get("fingerprint") != want:
+                stale += 1
+                continue
+            results.append(r)
+        if not results and not stale:
+            continue
+        if stale:
+            log.warning("summarize: %s: skipped %d result(s) of an earlier configuration "
+                        "(re-run the benchmark to recompute them)", name, stale)
+        s = _preset_summary(results)
+        s["n_stale"] = stale
+        cfg = (known.get(name) or {}).get("config")
+        if cfg is not None:
+            s["config"] = {k: cfg.get(k) for k in ("backbone", "noise", "seed")}
+        presets[name] = s
+    summary = {
+        "format": SUMMARY_FORMAT, "version": FORMAT_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "run": {k: run.get(k) for k in ("scenes", "num_scenes", "backbone", "noise", "seed",
+                                        "num_samples", "options", "command")},
+        "presets": presets,
+    }
+    _write_json(out / "summary.json", summary)
+    (out / "summary.md").write_text(_markdown(summary))
+    return summary
+
+
+def _fmt(x: Optional[float], digits: int) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def format_table(summary: Mapping[str, Any], *, stat: str = "mean") -> str:
+    """One Markdown table in the paper's layout, a row per preset:
+    ``| preset | CD (cm^2) ↓ | F5 ↑ | F10 ↑ | IV (cm^3) ↓ | RR ↑ | s/scene |``.
+
+    CD, F5, F10, IV and s/scene are the ``stat`` (``"mean"`` or ``"median"``) over the
+    scenes that were reconstructed; RR is ``n_ok / n`` and shown with ``(n_ok/n)``; ``–``
+    where no scene succeeded. ``s/scene`` is the guided_reconstruct wall time in seconds.
+    """
+    if stat not in _STATS:
+        raise ValueError(f"format_table: expected stat in {_STATS}, got {stat!r}")
+    presets = summary.get("presets") if isinstance(summary, Mapping) else None
+    if not isinstance(presets, Mapping):
+        raise ValueError("format_table: expected a summary dict with a 'presets' mapping, got "
+                         f"{type(summary).__name__} with keys "
+                         f"{sorted(summary) if isinstance(summary, Mapping) else '-'}")
+    head = ["preset"] + [h for _, h, _ in METRICS] + ["RR ↑", "s/scene"]
+    lines = ["| " + " | ".join(head) + " |",
+             "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    for name, s in presets.items():
+        cells = [str(name)]
+        cells += [_fmt((s.get(k) or {}).get(stat), d) for k, _, d in METRICS]
+        rr = s.get("rr")
+        cells.append("–" if rr is None else f"{rr:.2f} ({s.get('n_ok', 0)}/{s.get('n', 0)})")
+        cells.append(_fmt((s.get("seconds") or {}).get(stat), 2))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _markdown(summary: Mapping[str, Any]) -> str:
+    run = summary.get("run") or {}
+    scenes = ", ".join(run.get("scenes") or []) or "?"
+    lines = [
+        "# hoiguide benchmark",
+        "",
+        f"- scene set: {scenes} ({run.get('num_scenes', '?')} scenes in the last run)",
+        f"- backbone: {run.get('backbone')}",
+        f"- observer noise: {run.get('noise')}; seed: {run.get('seed')}",
+        f"- command: `{run.get('command') or '?'}`",
+        "- protocol: predicted hand aligned to the ground-truth hand by a similarity, "
+        "applied to the object; CD = Chamfer (cm^2), F5/F10 = F-score at 5/10 mm, IV = "
+        "hand-object intersection volume (cm^3); metrics over reconstructed scenes only, "
+        "RR = reconstructed / attempted (failures count); s/scene = guided_reconstruct "
+        "wall time.",
+    ]
+    for name, s in (summary.get("presets") or {}).items():
+        cfg = s.get("config")
+        if cfg and (cfg.get("backbone"), cfg.get("noise"), cfg.get("seed")) != (
+                run.get("backbone"), run.get("noise"), run.get("seed")):
+            lines.append(f"- note: {name} was run with backbone {cfg.get('backbone')}, noise "
+                         f"{cfg.get('noise')}, seed {cfg.get('seed')}")
+    lines += ["", "## Mean over scenes", "", format_table(summary, stat="mean"),
+              "## Median over scenes", "", format_table(summary, stat="median")]
+    fails = [(name, f) for name, s in (summary.get("presets") or {}).items()
+             for f in s.get("failures", [])]
+    if fails:
+        lines += ["## Failures", ""]
+        lines += [f"- {name} / {f['scene_id']} ({f['phase']}): {f['reason']}"
+                  for name, f in fails]
+        lines.append("")
+    return "\n".join(lines)
