@@ -31,9 +31,14 @@ interpolation ``p_a + (level - f_a) / (f_b - f_a) (p_b - p_a)`` along its grid e
 
 In both, the topology is chosen from signs without gradient and the vertex positions are
 linear in the crossings, so gradients flow from vertices to the grid values at the ends of
-the sign-changing edges. Vertices are unique by construction (no welding needed) and
-every vertex is used by a face. Everything is vectorised torch and only active cells are
-materialised as index arrays (memory: a few bytes per grid sample plus O(active cells)).
+the sign-changing edges. Exception: on a *flat* edge (its two values differ by at most 64
+machine epsilons, of the float32 / float64 the extraction runs in, times the grid's largest
+``|f - level|``: exact zeros next to tiny values, near-constant regions) the crossing keeps
+its exact position but gets no gradient (its derivative ``~1 / |f_b - f_a|`` is noise
+there, and overflows to inf / NaN for tiny differences). Vertices are unique by
+construction (no welding needed) and every vertex is used by a face. Everything is
+vectorised torch and only active cells are materialised as index arrays (memory: a few
+bytes per grid sample plus O(active cells)).
 
 Conventions: grid values are **negative inside**; grid index order is ``[x, y, z]``
 (``'ij'`` indexing) and sample ``(i, j, k)`` lies at ``min + (i, j, k) * (max - min) / (R - 1)``
@@ -379,9 +384,14 @@ def extract_isosurface(sdf_grid: torch.Tensor, bounds: float | ArrayLike, *,
                          f"(NaN or inf) out of {sdf_grid.numel()}")
 
     res = np.array(sdf_grid.shape, np.int64)
+    with torch.no_grad():
+        # crossings on edges whose two values differ by less than this are noise: exact
+        # position, no gradient (see _crossing_fraction)
+        scale = float((sdf_grid.detach() - level).abs().max())
     spacing = (b[1] - b[0]) / (res - 1)
     origin = b[0].copy()
     grid = sdf_grid if dtype in (torch.float32, torch.float64) else sdf_grid.float()
+    floor = _NOISE_ULPS * float(torch.finfo(grid.dtype).eps) * scale
     with torch.no_grad():
         inside = grid < level
         touches = bool(inside[0].any() or inside[-1].any() or inside[:, 0].any()
@@ -450,8 +460,7 @@ def extract_isosurface(sdf_grid: torch.Tensor, bounds: float | ArrayLike, *,
     vals = flat[lin] - level                                          # (N, 8)
     fa = vals[:, edge_corners[:, 0]]                                  # (N, 12)
     fb = vals[:, edge_corners[:, 1]]
-    denom = torch.where(crossed, fb - fa, torch.ones_like(fa))
-    t = torch.where(crossed, -fa / denom, torch.zeros_like(fa))       # in [0, 1]
+    t = _crossing_fraction(fa, fb, crossed, floor)                    # in [0, 1]
     pa = corner_offsets[edge_corners[:, 0]].to(dtype)                 # (12, 3)
     pb = corner_offsets[edge_corners[:, 1]].to(dtype)
     local = pa[None] + t[..., None] * (pb - pa)[None]                 # (N, 12, 3)
@@ -472,7 +481,7 @@ def extract_isosurface(sdf_grid: torch.Tensor, bounds: float | ArrayLike, *,
         stride = torch.tensor([Ry * Rz, Rz, 1], device=device)
         f0 = flat[e_lin] - level
         f1 = flat[e_lin + stride[e_axis]] - level
-        te = -f0 / (f1 - f0)
+        te = _crossing_fraction(f0, f1, None, floor)
         g = torch.stack([e_lin // (Ry * Rz), (e_lin // Rz) % Ry, e_lin % Rz], -1).to(dtype)
         g = g + te[:, None] * torch.nn.functional.one_hot(e_axis, 3).to(dtype)
         idx_pos = torch.cat([idx_pos, g])
@@ -496,6 +505,33 @@ def extract_isosurface(sdf_grid: torch.Tensor, bounds: float | ArrayLike, *,
     mesh = Mesh(verts.to(out_dtype), faces)
     mesh.metadata.update(touches_boundary=touches, method="dual" if use_dual else "primal")
     return mesh
+
+
+_NOISE_ULPS = 64.0
+"""A sign-changing grid edge whose two values differ by at most ``_NOISE_ULPS`` machine
+epsilons of the grid's largest ``|f - level|`` (flat or near-zero regions, exact zeros next to
+tiny values) is noise at the grid's precision: its crossing keeps its exact position but gets
+no gradient (its true derivative ``~1 / |f_b - f_a|`` would be astronomically large, or
+overflow to inf/NaN)."""
+
+
+def _crossing_fraction(fa: torch.Tensor, fb: torch.Tensor, crossed: torch.Tensor | None,
+                       floor: float) -> torch.Tensor:
+    """``t = -fa / (fb - fa)`` (values relative to the level), the crossing's fraction
+    along the edge, on edges where ``crossed`` (all when ``None``), else 0.
+
+    Where ``|fb - fa| <= floor`` the value is kept but detached; the differentiable branch
+    divides by 1 there, so no inf/NaN reaches the backward pass (the double-``where``)."""
+    den = fb - fa
+    ok = den.detach().abs() > floor
+    if crossed is not None:
+        ok = ok & crossed
+        den_val = torch.where(crossed, den.detach(), torch.ones_like(den))
+        t_val = torch.where(crossed, -fa.detach() / den_val, torch.zeros_like(fa))
+    else:
+        t_val = -fa.detach() / den.detach()
+    safe = torch.where(ok, den, torch.ones_like(den))
+    return torch.where(ok, -fa / safe, t_val)
 
 
 def _has_pinch(active: torch.Tensor, pinch: torch.Tensor,

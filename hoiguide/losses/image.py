@@ -81,13 +81,16 @@ def _zero(like: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------
 
 
+_COS_EPS = 1e-12  # |pred| |target| below this: no direction to compare (cos = 0)
+
+
 def normal_loss(pred: torch.Tensor, target: torch.Tensor,
                 mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Mean over mask pixels of ``1 - cos(pred, target)``.
 
     Args:
         pred: ``(H, W, 3)`` rendered normals, camera frame (need not be unit; zero vectors
-            give ``cos = 0``).
+            give ``cos = 0`` with zero gradient, as does ``|pred| |target| <= 1e-12``).
         target: ``(H, W, 3)`` target normals, same frame.
         mask: ``(H, W)`` bool or float weights ``>= 0`` (all pixels when ``None``).
 
@@ -100,9 +103,12 @@ def normal_loss(pred: torch.Tensor, target: torch.Tensor,
     _check_image(target, what, "target", 3, hw=pred.shape[:2])
     w = _weight_map(mask, what, "mask", tuple(pred.shape[:2]), pred)
     t = target.to(pred)
-    # norm's gradient at a zero vector is defined as 0 by torch; the clamp keeps cos finite
-    denom = (pred.norm(dim=-1) * t.norm(dim=-1)).clamp_min(1e-12)
-    cos = (pred * t).sum(-1) / denom
+    # cos = 0 with zero gradient where either vector is (nearly) zero: the double where keeps
+    # the unused branch finite, so no 0 * inf reaches the backward pass
+    denom = pred.norm(dim=-1) * t.norm(dim=-1)
+    ok = denom.detach() > _COS_EPS
+    cos = (pred * t).sum(-1) / torch.where(ok, denom, torch.ones_like(denom))
+    cos = torch.where(ok, cos, torch.zeros_like(cos))
     wsum = w.sum()
     if float(wsum.detach()) <= 0:
         return _zero(pred)

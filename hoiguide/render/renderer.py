@@ -27,6 +27,13 @@ Edge cases (documented behaviour, tested):
   part in front is rendered correctly, but its outline edges with a vertex at
   ``z <= NEAR_Z`` contribute no soft edge (their projection would be garbage).
 * **NaN / inf vertices** are rejected with a ``ValueError``.
+* **Degenerate geometry** (zero-area, collinear or sliver faces, duplicate vertices, faces
+  seen edge-on, vertices whose face normals cancel) never produces NaN or inf, in values or
+  gradients, in float32 as in float64: a pixel whose visible face is degenerate (``|n| <=
+  64 eps L^2`` with ``L`` its longest edge, or ``|cos(n, ray)| <= 64 eps``) takes its depth
+  and normal from the nearest point of the face's edges *without gradient*; a vertex normal
+  or interpolated normal that cancels to zero renders as a zero normal (no gradient). Every
+  well-formed face keeps its exact gradient.
 """
 
 from __future__ import annotations
@@ -210,13 +217,89 @@ def _face_geometry(scene: _Scene) -> tuple[torch.Tensor, torch.Tensor]:
     return tri, fn
 
 
-def _vertex_normals(num_vertices: int, faces: torch.Tensor, fn: torch.Tensor) -> torch.Tensor:
-    """Area-weighted unit vertex normals from unnormalised face normals (zero if isolated)."""
+_NOISE_ULPS = 64.0
+"""Degeneracy threshold in machine epsilons of the vertices' dtype (see :func:`_shade`)."""
+
+
+def _noise(dtype: torch.dtype) -> float:
+    return _NOISE_ULPS * float(torch.finfo(dtype).eps)
+
+
+def _tiny(dtype: torch.dtype) -> float:
+    """Smallest magnitude whose reciprocal square is still finite in ``dtype``."""
+    return float(torch.finfo(dtype).tiny) ** 0.5
+
+
+def _safe_normalize(x: torch.Tensor, ok: torch.Tensor | None = None) -> torch.Tensor:
+    """Unit vectors along the last axis; rows where ``ok`` is False or ``x`` is (nearly)
+    zero give 0 with zero gradient.
+
+    Each row is first divided by its detached largest ``|component|``: the direction is
+    scale-invariant, so value and gradient are unchanged, but neither the norm nor the
+    backward pass (``1 / |x|^3``) can under- or overflow for tiny vectors. The unused branch
+    of the final ``where`` is a harmless constant (the double-``where`` trick), so no
+    ``0 * inf`` reaches the backward pass even where the upstream gradient is zero."""
+    m = x.detach().abs().amax(-1, keepdim=True)
+    good = m > _tiny(x.dtype)
+    if ok is not None:
+        good = good & ok.reshape(m.shape)
+    u = x / torch.where(good, m, torch.ones_like(m))
+    u = torch.where(good, u, torch.ones_like(u))
+    n = u / u.norm(dim=-1, keepdim=True)
+    return torch.where(good, n, torch.zeros_like(n))
+
+
+def _vertex_normals_at(num_vertices: int, faces: torch.Tensor, fn: torch.Tensor,
+                       corners: torch.Tensor) -> torch.Tensor:
+    """Area-weighted unit vertex normals of the vertices ``corners`` (any shape of indices),
+    from the unnormalised normals ``fn`` of all ``faces``.
+
+    A vertex whose sum of face normals cancels to within :data:`_NOISE_ULPS` epsilons of the
+    sum of their lengths (a vertex used only by zero-area faces, a fold where opposite faces
+    meet) or is isolated has no meaningful normal: 0, no gradient."""
     vn = fn.new_zeros(num_vertices, 3)
+    mag = fn.new_zeros(num_vertices)
+    fl = fn.detach().norm(dim=-1)
     for k in range(3):
         vn = vn.index_add(0, faces[:, k], fn)
-    norm = vn.norm(dim=-1, keepdim=True)
-    return torch.where(norm > 0, vn / norm.clamp_min(1e-30), torch.zeros_like(vn))
+        mag.index_add_(0, faces[:, k], fl)
+    idx = corners.reshape(-1)
+    v = vn.index_select(0, idx)
+    ok = v.detach().norm(dim=-1) > _noise(fn.dtype) * mag.index_select(0, idx)
+    return _safe_normalize(v, ok).reshape(*corners.shape, 3)
+
+
+def _fallback_hits(tri: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
+                                                                 torch.Tensor]:
+    """Hit of a pixel ray on a degenerate visible face, no gradient.
+
+    For faces whose plane cannot be intersected reliably (zero-area or sliver faces, faces
+    seen edge-on) the hit is taken on the face's outline instead: the point of its three
+    edges closest to the ray line ``t d`` (in front of the camera). Returns ``depth (B,)``,
+    the edge ``k (B,)`` (corners ``k`` and ``(k + 1) % 3``) and the fraction ``s (B,)``
+    along it."""
+    with torch.no_grad():
+        dh = d / d.norm(dim=-1, keepdim=True)
+        a = tri
+        e = tri.roll(-1, dims=1) - a                                   # (B, 3, 3)
+
+        def perp(x: torch.Tensor) -> torch.Tensor:
+            return x - (x * dh[:, None]).sum(-1, keepdim=True) * dh[:, None]
+
+        pa, pe = perp(a), perp(e)
+        den = (pe * pe).sum(-1)
+        along = den <= _noise(tri.dtype) * (e * e).sum(-1)  # edge parallel to the ray
+        s = (-(pa * pe).sum(-1) / torch.where(along, torch.ones_like(den), den)).clamp(0, 1)
+        s = torch.where(along, (e[..., 2] < 0).to(s.dtype), s)        # its nearer end
+        q = a + s[..., None] * e
+        dist = (perp(q) ** 2).sum(-1)
+        dist = torch.where(q[..., 2] > 0, dist, torch.full_like(dist, math.inf))
+        k = dist.argmin(-1)
+        rows = torch.arange(tri.shape[0], device=tri.device)
+        depth = q[rows, k, 2]
+        front = torch.isfinite(dist[rows, k])
+        depth = torch.where(front, depth, tri[..., 2].amax(-1))
+        return depth, k, s[rows, k]
 
 
 def _shade(scene: _Scene, cam: Camera, face: torch.Tensor, tri: torch.Tensor,
@@ -227,34 +310,55 @@ def _shade(scene: _Scene, cam: Camera, face: torch.Tensor, tri: torch.Tensor,
     ``d = ((u - cx) / fx, (v - cy) / fy, 1)`` the plane ``n . x = n . v0`` is met at
     ``t = (n . v0) / (n . d)`` (``t`` is the depth z since ``d_z = 1``); the barycentric
     coordinates of ``t d`` interpolate the vertex normals. Per-face terms are computed once
-    per face and gathered per pixel.
+    per visible face (with the face scaled by its detached longest edge, which changes no
+    value or gradient but keeps every intermediate well inside the dtype's range) and
+    gathered per pixel.
+
+    Degenerate hits get values but no gradient (the exact one is undefined or enormous):
+    a face whose ``|n| <= 64 eps * (longest edge)^2`` (zero-area, collinear or duplicate
+    corners) or a pixel ray within ``|cos| <= 64 eps`` of the face's plane (seen edge-on)
+    takes depth and normal from the nearest point of the face's edges
+    (:func:`_fallback_hits`; normal: interpolated vertex normals along that edge, or the face
+    normal for an edge-on face with flat shading). Vertex normals that cancel to zero are 0
+    (see :func:`_vertex_normals_at`), and so is a smooth normal interpolated to zero.
     """
     H, W = cam.height, cam.width
     dtype, dev = scene.verts.dtype, scene.verts.device
+    noise = _noise(dtype)
     hit = face >= 0
     pix = torch.nonzero(hit).squeeze(1)
     f = face.index_select(0, pix)
-    N = f.shape[0]
-    v0 = tri[:, 0]
-    c = (fn * v0).sum(-1, keepdim=True)  # plane offset n . v0
-    cols = [fn, c]
+    uf, inv = torch.unique(f, return_inverse=True)                   # visible faces
+    tv = tri.index_select(0, uf)                                      # (U, 3, 3)
+    v0 = tv[:, 0]
+    with torch.no_grad():
+        td = tv.detach()
+        lmax = (td - td.roll(-1, dims=1)).norm(dim=-1).amax(-1, keepdim=True)  # (U, 1)
+        lok = lmax > _tiny(dtype)
+        lsafe = torch.where(lok, lmax, torch.ones_like(lmax))
+    e1, e2 = (tv[:, 1] - v0) / lsafe, (tv[:, 2] - v0) / lsafe         # dimensionless
+    nf = torch.cross(e1, e2, dim=-1)                                  # n / L^2, |nf| <= 1
+    with torch.no_grad():
+        nf_len = nf.detach().norm(dim=-1)
+        shape_ok = lok.squeeze(1) & (nf_len > noise)
+    c = (nf * v0).sum(-1, keepdim=True)                               # plane offset n . v0
+    cols = [nf, c]
+    corners = scene.faces.index_select(0, uf)                         # (U, 3)
+    vc = None
     if smooth_normals:
         # barycentrics of x on the face plane: b1 = (x - v0) . g1, b2 = (x - v0) . g2
-        e1, e2 = tri[:, 1] - v0, tri[:, 2] - v0
-        nn = (fn * fn).sum(-1, keepdim=True)
-        nn = torch.where(nn > 0, nn, torch.ones_like(nn))
-        g1 = torch.cross(e2, fn, dim=-1) / nn
-        g2 = torch.cross(fn, e1, dim=-1) / nn
-        vn = _vertex_normals(scene.verts.shape[0], scene.faces, fn)
-        vc = vn.index_select(0, scene.faces.reshape(-1)).reshape(-1, 3, 3)
+        nn = (nf * nf).sum(-1, keepdim=True)
+        nn = torch.where(shape_ok[:, None], nn, torch.ones_like(nn)) * lsafe
+        g1 = torch.cross(e2, nf, dim=-1) / nn
+        g2 = torch.cross(nf, e1, dim=-1) / nn
+        vc = _vertex_normals_at(scene.verts.shape[0], scene.faces, fn, corners)
         cols += [g1, (g1 * v0).sum(-1, keepdim=True), g2, (g2 * v0).sum(-1, keepdim=True),
                  vc[:, 0], vc[:, 1] - vc[:, 0], vc[:, 2] - vc[:, 0]]
     else:
-        nlen = fn.norm(dim=-1, keepdim=True)
-        cols.append(torch.where(nlen > 0, fn / nlen.clamp_min(1e-30), torch.zeros_like(fn)))
+        cols.append(_safe_normalize(nf, shape_ok))
     # gather all per-face terms in one op; unbind (not indexing) keeps the backward cheap
     per_face = torch.cat(cols, -1).t().contiguous()
-    g = per_face.index_select(1, f).unbind(0)
+    g = per_face.index_select(1, inv).unbind(0)
     row = torch.div(pix, W, rounding_mode="floor")
     col = pix - row * W
     dx = ((col.to(dtype) + 0.5) - cam.cx) / cam.fx
@@ -264,16 +368,41 @@ def _shade(scene: _Scene, cam: Camera, face: torch.Tensor, tri: torch.Tensor,
         return g[k] * dx + g[k + 1] * dy + g[k + 2]
 
     nd = dot_d(0)
-    nd = torch.where(nd.detach().abs() > 1e-30, nd, torch.ones_like(nd))
-    t = g[3] / nd
+    with torch.no_grad():
+        dlen = torch.sqrt(dx * dx + dy * dy + 1)
+        ok = shape_ok.index_select(0, inv) & \
+            (nd.detach().abs() > noise * nf_len.index_select(0, inv) * dlen)
+    t = g[3] / torch.where(ok, nd, torch.ones_like(nd))
     if smooth_normals:
         b1 = t * dot_d(4) - g[7]
         b2 = t * dot_d(8) - g[11]
         nrm = torch.stack([g[12 + k] + b1 * g[15 + k] + b2 * g[18 + k] for k in range(3)], -1)
-        nlen = nrm.norm(dim=-1, keepdim=True)
-        nrm = torch.where(nlen > 0, nrm / nlen.clamp_min(1e-30), torch.zeros_like(nrm))
+        nrm = _safe_normalize(nrm, nrm.detach().norm(dim=-1) > noise)
     else:
         nrm = torch.stack(g[4:7], -1)
+    bad = torch.nonzero(~ok).squeeze(1)
+    if bad.numel():
+        # degenerate hits: values from the nearest point of the face's edges, no gradient
+        ub = inv.index_select(0, bad)
+        d_bad = torch.stack([dx[bad], dy[bad], torch.ones_like(dx[bad])], -1)
+        t_bad, k, s = _fallback_hits(td.index_select(0, ub), d_bad)
+        with torch.no_grad():
+            if vc is None:
+                vc = _vertex_normals_at(scene.verts.shape[0], scene.faces, fn.detach(),
+                                        corners)
+            vcb = vc.detach().index_select(0, ub)
+            rows = torch.arange(bad.numel(), device=dev)
+            n_bad = (1 - s)[:, None] * vcb[rows, k] + s[:, None] * vcb[rows, (k + 1) % 3]
+            n_bad = _safe_normalize(n_bad, n_bad.norm(dim=-1) > noise)
+            if not smooth_normals:  # an edge-on face still has a well-defined face normal
+                n_bad = torch.where(shape_ok.index_select(0, ub)[:, None],
+                                    nrm.detach().index_select(0, bad), n_bad)
+            t_fb = torch.zeros_like(t).index_put((bad,), t_bad.to(dtype))
+            n_fb = torch.zeros_like(nrm).index_put((bad,), n_bad.to(dtype))
+        t = torch.where(ok, t, t_fb)
+        nrm = torch.where(ok[:, None], nrm, n_fb)
+        log.debug("render: %d pixels on degenerate faces shaded without gradient",
+                  int(bad.numel()))
     disp = 1.0 / torch.where(t.detach() > 0, t, torch.ones_like(t))
     depth = torch.zeros(H * W, dtype=dtype, device=dev).index_put((pix,), t)
     disparity = torch.zeros(H * W, dtype=dtype, device=dev).index_put((pix,), disp)
