@@ -15,7 +15,7 @@ $PIP install -q torch==2.13.0
 #    generator's classes are used; hoiguide[hunyuan-slim] lists what they need.
 $PIP install -q --no-deps hy3dgen==2.0.2
 # 3. hoiguide itself with the extras the tests exercise.
-$PIP install -q -e ".[hunyuan-slim,open3d,bench,dev]"
+$PIP install -q -e ".[hunyuan-slim,open3d,bench,synth,dev]"
 .venv/bin/python - <<'PY'
 import torch, hoiguide
 assert torch.__version__.startswith("2.13.0"), f"unexpected torch {torch.__version__}"

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from analytic_backbone import make_scene, similarity_about
-from hoiguide.alignment import AlignmentOptions, align_frames, build_observations, partial_points
+from hoiguide.alignment import (AlignmentOptions, align_frames, build_observations, partial_points,
+                                visible_points)
 from hoiguide.geometry import point_map_from_depth, sample_surface
 from hoiguide.render import render
 from hoiguide.rotations import matrix_to_axis_angle
@@ -53,7 +54,7 @@ def test_icp_chain_recovers_gen_to_image_and_places_a_misplaced_hand(scene):
                            (0.01, -0.01, 0.03))
     cam, P, valid, mh, mo, coarse, hand_obs = _inputs(scene, err)
     pts, keep = partial_points(P, valid, mh | mo)
-    g2i, h2i, info = align_frames(coarse, pts, hand_obs, partial_hand=P[keep & mh])
+    g2i, h2i, info = align_frames(coarse, pts, hand_obs, camera=cam, partial_hand=P[keep & mh])
     T = scene.gen_to_image_true
     assert abs(float(g2i.scale) / float(T.scale) - 1) < 0.05
     assert _rot_deg(g2i.rotation @ T.rotation.T) < 5.0
@@ -70,14 +71,17 @@ def test_reference_hand_init_is_available_and_bad_options_fail(scene):
     cam, P, valid, mh, mo, coarse, hand_obs = _inputs(scene)
     pts, keep = partial_points(P, valid, mh | mo)
     g2i, h2i, info = align_frames(coarse, pts, hand_obs, options=AlignmentOptions.reference())
+    assert info["icp_gen_to_image"]["backend"] in ("scipy", "open3d")
     assert "icp_hand_to_gen" in info
     with pytest.raises(ValueError, match="init_hand"):
-        align_frames(coarse, pts, hand_obs,
+        align_frames(coarse, pts, hand_obs, camera=cam,
                      options=AlignmentOptions(hand_target="coarse", init_hand="nope"))
     with pytest.raises(ValueError, match="hand mask"):
-        align_frames(coarse, pts, hand_obs)                  # partial target, no hand points
+        align_frames(coarse, pts, hand_obs, camera=cam)      # partial target, no hand points
+    with pytest.raises(ValueError, match="needs the camera"):
+        align_frames(coarse, pts, hand_obs, partial_hand=P[keep & mh])
     with pytest.raises(ValueError, match="partial points"):
-        align_frames(coarse, pts[:3], hand_obs, partial_hand=P[keep & mh])
+        align_frames(coarse, pts[:3], hand_obs, camera=cam, partial_hand=P[keep & mh])
 
 
 def test_build_observations_assembles_targets_in_the_image_frame(scene):
@@ -97,3 +101,24 @@ def test_build_observations_assembles_targets_in_the_image_frame(scene):
     assert np.median(cosine) > 0.99
     assert obs.metadata["scene_id"] == "x" and "alignment" in obs.metadata
     assert torch.allclose(obs.hand_keypoints_3d, obs.hand_mesh.vertices[:21], atol=1e-5)
+
+
+def test_visible_points_keep_the_front_of_a_sphere_and_nothing_behind_the_camera():
+    from hoiguide.types import Camera
+
+    cam = Camera.from_fov(40.0, 64, 64)
+    rng = np.random.default_rng(0)
+    d = rng.standard_normal((20000, 3))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    pts = 0.05 * d + np.array([0.0, 0.0, 0.5])
+    vis = visible_points(pts, cam, cell_px=2.0)
+    facing = d[:, 2] < -0.3            # clearly on the camera side
+    hidden = d[:, 2] > 0.3
+    # the nearest sample of every cell (and those within 1 % of its depth) is kept
+    assert vis[facing].mean() > 0.3 and vis[hidden].mean() < 0.02
+    uv = cam.project(torch.as_tensor(pts[facing])).numpy() // 2
+    uv_vis = cam.project(torch.as_tensor(pts[vis])).numpy() // 2
+    assert {tuple(x) for x in uv} == {tuple(x) for x in uv_vis}    # every front cell is seen
+    inner = visible_points(pts, cam, cell_px=2.0, erode=1)
+    assert inner.sum() < vis.sum() and not (inner & ~vis).any()
+    assert not visible_points(pts - np.array([0, 0, 1.0]), cam).any()   # behind the camera
