@@ -13,6 +13,7 @@ _EXPORTS = {
     'list_scenes': 'scene',
     'read_manifest': 'scene',
     'write_manifest': 'scene',
+    'contact_sheet': 'scene',
     'ObserverNoise': 'observers',
     'simulate_observations': 'observers',
     'ObjectSource': 'objects',

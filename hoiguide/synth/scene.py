@@ -287,3 +287,38 @@ def list_scenes(directory: str | Path) -> list[Path]:
     if not found:
         raise SceneFormatError(f"{d}: no scenes (no manifest.json and no */scene.json)")
     return found
+
+
+def contact_sheet(directory: str | Path, path: str | Path, *, columns: int = 4,
+                  limit: int = 16, tile: int = 192, overlay: bool = False) -> Path:
+    """Save a grid of scene images (PNG) for looking at a scene set.
+
+    With ``overlay`` each tile shows the image with the visible hand (red) and object
+    (blue) mask outlines and the 2D keypoints (yellow dots).
+    """
+    from PIL import Image, ImageDraw
+
+    dirs = list_scenes(directory)[:int(limit)]
+    if not dirs:
+        raise SceneFormatError(f"{directory}: no scenes")
+    rows = (len(dirs) + columns - 1) // columns
+    sheet = Image.new("RGB", (columns * tile, rows * tile), (255, 255, 255))
+    for k, d in enumerate(dirs):
+        sc = Scene.load(d)
+        im = sc.image.copy()
+        if overlay:
+            from scipy.ndimage import binary_erosion
+
+            for m, col in ((sc.mask_hand, (255, 0, 0)), (sc.mask_object, (0, 80, 255))):
+                im[m & ~binary_erosion(m)] = col
+        pil = Image.fromarray(im)
+        if overlay:
+            dr = ImageDraw.Draw(pil)
+            for u, v in sc.keypoints_2d:
+                dr.ellipse([u - 1.5, v - 1.5, u + 1.5, v + 1.5], fill=(255, 230, 0))
+        pil = pil.resize((tile, tile), Image.LANCZOS)
+        sheet.paste(pil, ((k % columns) * tile, (k // columns) * tile))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    return path
