@@ -22,7 +22,7 @@ from hoiguide.phases import schema
 
 PRESETS = {"followmyhold", "fast", "no_guidance", "no_phase1", "no_phase2", "swapped",
            "joint_only", "no_normal", "no_disparity", "no_silhouette", "no_intersection",
-           "no_proximity", "unguided"}
+           "no_proximity", "unguided", "followmyhold_reference"}
 
 
 def _write(tmp_path: Path, text: str, name: str = "sched.yaml") -> Path:
@@ -56,8 +56,13 @@ def test_followmyhold_resolves_to_the_reference_schedule():
     assert hand.steps == (9,) and obj.steps == (10,) and joint.steps == tuple(range(11, 20))
     assert r.unguided_steps == tuple(range(9))
     assert (hand.iterations, obj.iterations, joint.iterations) == (200, 100, 50)
-    assert hand.learning_rates == {"hand.scale": 1e-2, "hand.translation": 1e-2,
-                                   "hand.rotation": 0.5}
+    # hand rates: our measured fix; the reference's are kept in followmyhold_reference
+    assert hand.learning_rates == {"hand.scale": 1e-3, "hand.translation": 1e-3,
+                                   "hand.rotation": 2e-2}
+    ref = load_schedule("followmyhold_reference").resolve()
+    assert ref[0].learning_rates == {"hand.scale": 1e-2, "hand.translation": 1e-2,
+                                     "hand.rotation": 0.5}
+    assert [p.steps for p in ref] == [p.steps for p in r]
     assert obj.learning_rates == {"object.scale": 1e-2, "object.translation": 1e-2,
                                   "object.rotation": 1e-2, "velocity": 1e-4}
     assert joint.learning_rates == {"hand.scale": 1e-4, "hand.translation": 1e-4,
