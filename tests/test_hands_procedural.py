@@ -123,7 +123,8 @@ def test_canonical_frame_and_size(rest, hand):
     length = float((kp[12] - kp[0]).norm())                            # middle fingertip
     assert 0.18 <= length <= 0.19
     assert float(kp[12, 1]) < -0.17                                    # fingers along -y
-    assert float(kp[4, 0]) < -0.05 and float(kp[20, 0]) > 0.03         # thumb -x, pinky +x
+    # a right palm seen from the front: thumb on the viewer's right (+x), pinky on -x
+    assert float(kp[4, 0]) > 0.05 and float(kp[20, 0]) < -0.03
     # palm width across the knuckles (MCP level), within the usual adult range
     not_thumb = hand.vertex_part < 13
     band = v[((v[:, 1] - kp[9, 1]).abs() < 0.005) & not_thumb]
@@ -244,8 +245,8 @@ def test_left_is_mirrored_right(hand, left):
     llo, lhi = left.pose_limits
     rlo, rhi = hand.pose_limits
     assert torch.equal(llo[:, 0], rlo[:, 0]) and torch.equal(lhi[:, 1:], -rlo[:, 1:])
-    # a left hand at rest has its thumb on +x
-    assert float(left().keypoints[0, 4, 0]) > 0.05
+    # a left hand at rest has its thumb on -x
+    assert float(left().keypoints[0, 4, 0]) < -0.05
 
 
 # ---------------------------------------------------------------------------------------

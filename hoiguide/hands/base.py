@@ -29,10 +29,11 @@ Canonical frame of the **procedural** hand (metres, a right hand seen from a cam
 origin looking down +z with the OpenCV axes of :mod:`hoiguide.types`): a right hand held
 up with the **palm toward the camera**: fingers point along **-y** (up in the image), the
 palm faces **-z** (toward the camera), the back of the hand faces +z, the **thumb is on the
--x side** and the little finger on the +x side. The wrist joint is at the origin; the
-middle fingertip is 18.4 cm from it, the palm 8.2 cm wide. A left hand is the mirror image
-``x -> -x`` (fingers still up, palm still toward the camera, thumb on +x), with faces
-re-wound so the normals stay outward. MANO's canonical frame is the one of its model file
++x side** (the viewer's right, as for a real right palm seen from the front) and the little
+finger on the -x side. The wrist joint is at the origin; the middle fingertip is 18.4 cm
+from it, the palm 8.2 cm wide. A left hand is the mirror image ``x -> -x`` (fingers still
+up, palm still toward the camera, thumb on -x), with faces re-wound so the normals stay
+outward. MANO's canonical frame is the one of its model file
 (a different one).
 
 Left and right parameters follow MANO's mirror rule: the left hand posed with

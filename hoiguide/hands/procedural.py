@@ -7,9 +7,12 @@ and thumb segment) meshed once per process (dual contouring of the SDF on a grid
 projected back onto the surface), rigged with linear blend skinning weights computed from
 the distances to the parts, and posed like MANO.
 
-Canonical frame (right hand; see :mod:`hoiguide.hands.base`): metres, wrist joint at the
-origin, fingers along **-y**, palm facing **-z**, thumb on the **-x** side. The left hand is
-the mirror image ``x -> -x`` and takes MANO-mirrored parameters.
+Canonical frame (see :mod:`hoiguide.hands.base`): metres, wrist joint at the origin, fingers
+along **-y**, palm facing **-z**, thumb on the **+x** side for the RIGHT hand (a right palm
+seen from the front has its thumb on the viewer's right). The primitives are built as the
+anatomical LEFT hand (thumb on -x) and the right hand is their mirror image ``x -> -x``
+with MANO-mirrored parameters (``_MIRRORED_SIDE``); both sides take the same parameter
+conventions as MANO's left and right layers.
 
 Pose parameters: ``hand_pose`` holds 15 axis-angle triples (MANO joint order) expressed in
 each joint's **anatomical frame**: component 0 is **flexion** about the joint's flexion
@@ -447,7 +450,7 @@ class ProceduralHand(HandModel):
         f64 = torch.float64
         self.register_buffer("template_vertices", torch.tensor(tpl.vertices, dtype=f64))
         faces = torch.tensor(tpl.faces, dtype=torch.long)
-        self.register_buffer("faces", faces if side == "right" else faces[:, [0, 2, 1]])
+        self.register_buffer("faces", faces[:, [0, 2, 1]] if side == _MIRRORED_SIDE else faces)
         self.register_buffer("skinning_weights", torch.tensor(tpl.weights, dtype=f64))
         self.register_buffer("vertex_part", torch.tensor(tpl.part, dtype=torch.long))
         self.fingertip_vertex_ids = tpl.tip_ids
@@ -458,7 +461,7 @@ class ProceduralHand(HandModel):
         self.register_buffer("palm_poly0", torch.tensor(sk.palm_poly, dtype=f64))
         self.register_buffer("length_group", torch.tensor(sk.length_group, dtype=torch.long))
         lo, hi = _limits_right()
-        if side == "left":
+        if side == _MIRRORED_SIDE:
             lo, hi = _mirror_limits(lo, hi)
         self.register_buffer("_lower", lo)
         self.register_buffer("_upper", hi)
@@ -539,7 +542,7 @@ class ProceduralHand(HandModel):
         """
         given_betas = betas is not None
         go, hp, betas, transl = self._prepare(global_orient, hand_pose, betas, transl)
-        if self.side == "left":
+        if self.side == _MIRRORED_SIDE:
             go, hp, transl = mirror_axis_angle(go), mirror_axis_angle(hp), mirror_points(transl)
         dt = go.dtype
         B = go.shape[0]
@@ -563,7 +566,7 @@ class ProceduralHand(HandModel):
         for _ in range(int(self.surface_projection)):
             verts = _newton_step(verts, lambda x: _posed_sdf(x, G, P, shp), _PROJECT_DEPTH)
         T = transforms_matrix(G, P)
-        if self.side == "left":
+        if self.side == _MIRRORED_SIDE:
             verts, P, J, T = mirror_points(verts), mirror_points(P), mirror_points(J), \
                 mirror_transforms(T)
         kp = assemble_keypoints(P, verts, self.fingertip_vertex_ids)
@@ -604,7 +607,7 @@ class ProceduralHand(HandModel):
         points, T = points.to(dt), T.to(dt)
         betas = output.betas if output.betas is not None else torch.zeros(
             T.shape[0], NUM_BETAS, dtype=dt, device=T.device)
-        if self.side == "left":
+        if self.side == _MIRRORED_SIDE:
             points, T = mirror_points(points), mirror_transforms(T)
         shp = self._shape(betas.to(dt))
         return _posed_sdf(points, T[..., :3, :3], T[..., :3, 3], shp)
@@ -628,6 +631,10 @@ def _limits_right() -> tuple[torch.Tensor, torch.Tensor]:
             for c in range(3):
                 lo[j - 1, c], hi[j - 1, c] = table[k][c]
     return lo, hi
+
+
+#: the side produced by mirroring the built (anatomically left) primitives
+_MIRRORED_SIDE = "right"
 
 
 def _mirror_limits(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
