@@ -150,14 +150,20 @@ def guided_reconstruct(image: Any = None, *, observations: Optional[Observations
                        backbone: Any = None, schedule: Any = "followmyhold", seed: int = 0,
                        device: Union[str, torch.device, None] = None, progress: bool = True,
                        callbacks: Sequence[Callable[[Any], Any]] = (),
-                       options: Union[Mapping[str, Any], Any, None] = None) -> Reconstruction:
+                       options: Union[Mapping[str, Any], Any, None] = None,
+                       models: Any = None, object_name: str = "object",
+                       camera: Any = None, left_hand: Optional[bool] = None,
+                       pipeline_options: Any = None) -> Reconstruction:
     """Reconstruct the hand-held object (and the hand) by guided rectified-flow sampling.
 
     Args:
-        image: the RGB input image. Turning it into observations needs the foundation-model
-            adapter chain, which arrives with a later issue: today pass ``observations``.
-            When both are given, ``image`` is ignored (the generator is conditioned on
-            ``observations.object_image``).
+        image: the photo (a path, a PIL image or an ``(H, W, 3|4)`` uint8 array) when no
+            ``observations`` are given: the foundation-model chain
+            (:func:`hoiguide.adapters.pipeline.observations_from_image`: detection, crop,
+            masks, inpainting, monocular geometry, hand, coarse mesh, both ICPs) builds them
+            with ``models``; the result is then in the PHOTO's camera frame (mirrored back
+            for ``left_hand``). When both are given, ``image`` is ignored (the generator is
+            conditioned on ``observations.object_image``).
         observations: :class:`hoiguide.Observations` in the image-aligned frame (from the
             adapters, a synthetic scene, or built from your own data).
         backbone: a :class:`hoiguide.FlowBackbone` (e.g.
@@ -171,24 +177,50 @@ def guided_reconstruct(image: Any = None, *, observations: Optional[Observations
         callbacks: ``callback(state: hoiguide.guidance.StepState)`` before each Euler step.
         options: :class:`hoiguide.guidance.GuidanceOptions` or a mapping of its fields
             (``num_steps``, ``grid_resolution``, ``render_size``, ``max_iterations``, ...).
+        models: (``image`` only) :class:`hoiguide.adapters.models.Models`, a models YAML
+            path or mapping; default ``Models.default()`` (the reference's models). A given
+            ``backbone`` replaces its generator.
+        object_name, camera, left_hand, pipeline_options: (``image`` only) see
+            :func:`hoiguide.adapters.pipeline.observations_from_image` (what the hand holds,
+            the photo's intrinsics if known, a left hand, :class:`PipelineOptions`).
 
     Returns:
         :class:`Reconstruction` (meshes in the image-aligned frame, metres).
 
     Raises:
-        NotImplementedError: ``observations`` or ``backbone`` not given (see above).
+        NotImplementedError: neither ``image`` nor ``observations`` given; ``observations``
+            without ``backbone``.
+        hoiguide.adapters.pipeline.PipelineError: (``image``) a stage of the chain failed
+            (``.stage``, ``.status``, e.g. ``"no hand detected"``).
+        hoiguide.adapters.models.ModelLoadError: (``image``) a model cannot be built.
         hoiguide.ScheduleError: an invalid schedule.
         hoiguide.guidance.NonFiniteLossError: a NaN/inf loss with ``on_nonfinite: raise``.
     """
     from hoiguide.guidance.engine import GuidedSampler
     from hoiguide.phases import load_schedule
 
+    crop = None
     if observations is None:
-        raise NotImplementedError(
-            "guided_reconstruct: building observations from an image needs the foundation-"
-            "model adapter chain (segmentation, inpainting, monocular geometry, hand "
-            "recovery), which arrives with a later issue; pass observations=hoiguide."
-            "Observations(...) built from your own data or a synthetic scene")
+        if image is None:
+            raise NotImplementedError(
+                "guided_reconstruct: pass image or observations (an image runs the "
+                "foundation-model chain with models=...; observations=hoiguide.Observations"
+                "(...) can be built from your own data or a synthetic scene)")
+        from hoiguide.adapters.models import Models
+        from hoiguide.adapters.pipeline import observations_from_image
+
+        mdl = Models.load(models)
+        if backbone is not None:
+            mdl = mdl.replace(backbone=backbone)
+        backbone = mdl.backbone
+        if device is not None and torch.device(device) != torch.device(backbone.device):
+            raise ValueError(f"guided_reconstruct: device={device!r} but the backbone is on "
+                             f"{backbone.device}; move the backbone (the engine runs on its "
+                             f"device)")
+        observations, crop, _ = observations_from_image(
+            image, mdl, object_name=object_name, camera=camera, seed=seed,
+            left_hand=left_hand, options=pipeline_options)
+        image = None
     if not isinstance(observations, Observations):
         raise TypeError(f"guided_reconstruct: expected observations as hoiguide.Observations, "
                         f"got {type(observations).__name__}")
@@ -216,10 +248,15 @@ def guided_reconstruct(image: Any = None, *, observations: Optional[Observations
                    for p in resolved],
         "definition": sched.to_dict(),
     }
-    return Reconstruction(
+    rec = Reconstruction(
         object_mesh=res.object_mesh, hand_mesh=res.hand_mesh,
         object_similarity=res.object_similarity, hand_similarity=res.hand_similarity,
         gen_to_image=res.gen_to_image, latent=res.latent, history=res.history,
         timings=res.timings, schedule=sched_info, seed=int(seed), status=res.status,
         counters=res.counters, hand_keypoints_3d=res.hand_keypoints_3d,
         object_mesh_generator=res.object_mesh_generator)
+    if crop is not None:
+        from hoiguide.adapters.pipeline import to_full_frame
+
+        rec = to_full_frame(rec, crop)
+    return rec

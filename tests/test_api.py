@@ -34,8 +34,15 @@ def test_public_names():
 
 
 def test_missing_components_raise_clear_errors(backbone, scene):
-    with pytest.raises(NotImplementedError, match="adapter chain"):
-        hoiguide.guided_reconstruct(image=scene.observations.object_image, backbone=backbone)
+    with pytest.raises(NotImplementedError, match="image or observations"):
+        hoiguide.guided_reconstruct(backbone=backbone)
+    # an image runs the adapter chain; a model that cannot be built is named (no downloads)
+    from hoiguide.adapters import ModelLoadError, Models
+
+    models = Models.from_dict({"segmentation": {"factory": f"{__name__}:_no_weights"}})
+    with pytest.raises((ModelLoadError, FileNotFoundError), match="weights"):
+        hoiguide.guided_reconstruct(image=scene.observations.object_image[..., :3],
+                                    backbone=backbone, models=models, progress=False)
     with pytest.raises(NotImplementedError, match="backbone="):
         hoiguide.guided_reconstruct(observations=scene.observations)
     with pytest.raises(TypeError, match="Observations"):
@@ -107,3 +114,7 @@ def test_copied_and_edited_preset_takes_effect(backbone, scene, tmp_path):
                                 "weights: {normel: 1.0}}"))
     with pytest.raises(hoiguide.ScheduleError, match="normel.*did you mean normal"):
         hoiguide.load_schedule(str(dst))
+
+
+def _no_weights(**kwargs):
+    raise FileNotFoundError("no weights here (test)")

@@ -1,0 +1,200 @@
+"""``hoiguide reconstruct IMAGE --out DIR [--models FILE.yaml]``: one photo -> meshes.
+
+Runs :func:`hoiguide.adapters.pipeline.reconstruct_image`: the foundation-model chain named
+by the models file (:mod:`hoiguide.adapters.models`; default: the reference's models), the
+guided reconstruction, and writes ``DIR/object.glb|ply``, ``hand.glb|ply``, ``scene.glb``,
+``history.json``, ``input.png``, ``observations.png``, ``overlay.png``, ``turntable.png``,
+``losses.png`` and ``result.json`` (the same files as ``hoiguide demo`` minus the
+ground-truth metrics). Meshes are in the photo's OpenCV camera frame, metres.
+
+Exit codes: 0 the reconstruction succeeded; 1 it failed (``DIR/result.json`` holds only the
+``status``, ``stage`` and ``reason``; no other file is left); 2 it could not start (bad
+arguments, an unreadable or too large image, an invalid models file, a model that cannot be
+loaded, an output folder holding other files): nothing is written.
+
+``add_reconstruct_parser(subparsers)`` adds the subcommand to the ``hoiguide`` parser;
+``main(argv)`` runs it on its own (``python -m hoiguide.adapters.reconstruct_cli``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+__all__ = ["add_reconstruct_parser", "cmd_reconstruct", "main"]
+
+log = logging.getLogger("hoiguide")
+
+DESCRIPTION = (
+    "Reconstruct the hand and the object it holds from one RGB photo: detection and "
+    "segmentation, crop, inpainting, monocular geometry, hand recovery, the generator's coarse "
+    "hand-object mesh, alignment (two ICPs), then guided generation. Writes OUT/object.glb|ply, "
+    "hand.glb|ply, scene.glb, history.json, input.png, observations.png, overlay.png, "
+    "turntable.png, losses.png and result.json (meshes in the photo's camera frame, metres). "
+    "Exit code 0: ok; 1: the reconstruction failed (OUT/result.json says where and why, no "
+    "other file is written); 2: bad arguments, unreadable image, invalid models file or a "
+    "model that cannot be loaded (nothing written).")
+
+MODELS_HELP = (
+    "models YAML naming the model of each role (segmentation, inpainting, geometry, hand, "
+    "generator: hub id or local path, and options); 'default' (the reference's models: "
+    "GroundingDINO + SAM, FLUX.1 Kontext, MoGe-2, HaMeR, Hunyuan3D-2) or 'offline' (OpenCV "
+    "inpainting, MediaPipe hands, the bundled tiny generator; segmentation and MoGe weights "
+    "from the local cache). Default: default")
+
+
+def add_reconstruct_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``reconstruct`` to an ``argparse`` subparsers object; returns its parser (its
+    ``func`` default is :func:`cmd_reconstruct`)."""
+    s = subparsers.add_parser("reconstruct", help="reconstruct hand and object from one photo",
+                              description=DESCRIPTION)
+    s.add_argument("image", help="the photo (PNG, JPEG, ...; at most 40 megapixels)")
+    s.add_argument("--out", required=True, help="output folder (new, empty, or an earlier "
+                                                "'hoiguide reconstruct' output, replaced)")
+    s.add_argument("--models", default="default", metavar="FILE.yaml", help=MODELS_HELP)
+    s.add_argument("--preset", default="fast",
+                   help="phase schedule: preset name (fast, followmyhold, ...) or YAML path "
+                        "(default: fast)")
+    s.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    s.add_argument("--object-name", default="object",
+                   help="what the hand holds, in words (detection and inpainting prompt; "
+                        "default: object)")
+    s.add_argument("--left-hand", action="store_true",
+                   help="the hand is a left hand (mirrored for the models, results mirrored "
+                        "back)")
+    s.add_argument("--intrinsics", default=None, metavar="FX,FY,CX,CY",
+                   help="the photo's intrinsics in pixels (of the upright photo); default: "
+                        "the monocular-geometry model's estimate")
+    s.add_argument("--backbone", default=None,
+                   help="replace the models file's generator: tiny, hunyuan:PATH_OR_REPO or "
+                        "python:module:callable")
+    s.add_argument("--device", default=None, help="torch device of every model")
+    s.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="guidance option (GuidanceOptions field), e.g. grid_resolution=33; "
+                        "repeatable")
+    s.add_argument("--pipeline-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="image-chain option (PipelineOptions field), e.g. crop_size=384; "
+                        "repeatable")
+    s.add_argument("--no-pictures", action="store_true", help="skip the PNG pictures")
+    s.set_defaults(func=cmd_reconstruct)
+    return s
+
+
+def _intrinsics(text: Optional[str]) -> Optional[tuple[float, ...]]:
+    from hoiguide.cli import UsageError
+
+    if text is None:
+        return None
+    try:
+        vals = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        vals = ()
+    if len(vals) != 4 or not all(v == v and abs(v) != float("inf") for v in vals) or \
+            vals[0] <= 0 or vals[1] <= 0:
+        raise UsageError(f"--intrinsics: expected FX,FY,CX,CY (pixels, focal lengths > 0), "
+                         f"got {text!r}")
+    return vals
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    """Run ``hoiguide reconstruct`` (see the module docstring for the exit codes)."""
+    from hoiguide.adapters.models import ModelLoadError, Models, ModelsConfigError
+    from hoiguide.adapters.pipeline import ImageError, PipelineOptions, reconstruct_image
+    from hoiguide.cli import UsageError, _parse_option, load_backbone
+    from hoiguide.guidance.engine import GuidanceOptions
+    from hoiguide.phases import ScheduleError, load_schedule
+
+    quiet = bool(getattr(args, "quiet", False))
+    try:
+        options = dict(_parse_option(o) for o in args.option)
+        pipeline_options = dict(_parse_option(o) for o in args.pipeline_option)
+        intrinsics = _intrinsics(args.intrinsics)
+        image = Path(args.image).expanduser()
+        if not image.is_file():
+            raise UsageError(f"no such image file: {image}")
+        # the cheap checks first, then the models
+        load_schedule(args.preset)
+        try:
+            GuidanceOptions.coerce(options)
+        except ValueError as exc:
+            raise UsageError(f"--option: {_first_line(exc)}") from None
+        spec = args.models
+        if spec in (None, "default"):
+            models = Models.default()
+        elif spec == "offline":
+            models = Models.offline()
+        else:
+            models = Models.from_yaml(spec)
+        merged = {**models.pipeline_options, **pipeline_options}
+        try:
+            PipelineOptions.coerce(merged or None)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"--pipeline-option: {_first_line(exc)}") from None
+        if args.device is not None:
+            models = models.with_device(args.device)
+        if args.backbone is not None:
+            models = models.replace(backbone=load_backbone(args.backbone, args.device))
+    except (UsageError, ModelsConfigError, ScheduleError, FileNotFoundError) as exc:
+        log.error("%s", _first_line(exc))
+        return 2
+    except (ModelLoadError, ImportError) as exc:     # a --backbone that cannot be loaded
+        log.error("%s", str(exc).strip())
+        return 2
+    try:
+        result = reconstruct_image(image, args.out, models=models, schedule=args.preset,
+                                   seed=args.seed, object_name=args.object_name,
+                                   camera=intrinsics, left_hand=bool(args.left_hand),
+                                   options=merged or None, guidance_options=options,
+                                   progress=not quiet, pictures=not args.no_pictures)
+    except ModelLoadError as exc:
+        log.error("%s", str(exc).strip())        # the adapter's whole message: what to fix
+        log.error("(name the models with --models FILE.yaml: see hoiguide.adapters.models "
+                  "for the format, or --models offline)")
+        return 2
+    except (ImageError, FileNotFoundError, FileExistsError, ValueError, TypeError) as exc:
+        log.error("%s", _first_line(exc))
+        return 2
+    out = Path(args.out)
+    status = result.get("status")
+    if status == "ok":
+        print(f"hoiguide reconstruct: status ok in {result.get('seconds', 0):.1f} s "
+              f"(object {result.get('object_mesh', {}).get('vertices')} vertices, hand "
+              f"{result.get('hand_mesh', {}).get('vertices')} vertices)")
+        print(f"wrote {out}/: {', '.join(result.get('files') or [])}")
+        for w in result.get("warnings") or []:
+            log.warning("%s", w)
+        return 0
+    print(f"hoiguide reconstruct: status {status} (stage {result.get('stage')}: "
+          f"{result.get('reason')})")
+    print(f"wrote {out}/result.json")
+    return 1
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """``hoiguide reconstruct`` on its own: ``main(["photo.jpg", "--out", "out/"])`` (a leading
+    ``"reconstruct"`` is optional)."""
+    p = argparse.ArgumentParser(prog="hoiguide")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = add_reconstruct_parser(sub)
+    s.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    s.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] != ["reconstruct"]:
+        args_list = ["reconstruct", *args_list]
+    args = p.parse_args(args_list)
+    args.argv = args_list
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
