@@ -105,7 +105,7 @@ class AlignmentOptions:
     gen_icp: str = "visibility"
     start_scales: tuple[float, ...] = (1.0, 1.4)
     start_depth_offset: float = 0.35
-    visibility_rounds: tuple[int, int] = (10, 80)
+    visibility_rounds: tuple[int, int] = (20, 80)
     visibility_cell_px: float = 2.0
     start_points: int = 2000
     refine_points: int = 6000

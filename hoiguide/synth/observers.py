@@ -251,39 +251,19 @@ def inpaint_object(image: np.ndarray, mask_hand: np.ndarray, mask_object_amodal:
                    *, dilate_px: int = 3, size: int = 256, margin: float = 0.1) -> np.ndarray:
     """Inpainting observer: the object alone, ``(size, size, 4)`` uint8 RGBA.
 
-    The hand region (dilated by ``dilate_px``) is filled by OpenCV's Telea inpainting; the
-    result is cut out with ``mask_object_amodal`` (alpha), composited on white, and cropped
-    to a square around the object with ``margin`` (fraction of its size) on each side.
+    The real offline inpainter of :mod:`hoiguide.adapters.inpainting`: the hand region
+    (dilated by ``dilate_px``) is filled by OpenCV's Telea inpainting, then
+    :func:`~hoiguide.adapters.inpainting.object_image` cuts the object out with
+    ``mask_object_amodal`` on white and crops a square with ``margin`` on each side.
     """
-    try:
-        import cv2
-    except ImportError as e:  # pragma: no cover - exercised only without the extra
-        raise ImportError("the inpainting observer needs OpenCV: pip install "
-                          "'hoiguide[synth]'") from e
-    from scipy.ndimage import binary_dilation
+    from hoiguide.adapters.inpainting import OpenCVInpainter, object_image
 
-    img = np.ascontiguousarray(image[..., :3], dtype=np.uint8)
-    hole = mask_hand.astype(bool)
-    if dilate_px > 0:
-        hole = binary_dilation(hole, iterations=int(dilate_px))
-    filled = cv2.inpaint(img, hole.astype(np.uint8) * 255, 5, cv2.INPAINT_TELEA)
-    alpha = mask_object_amodal.astype(bool)
-    if not alpha.any():
+    if not np.asarray(mask_object_amodal, bool).any():
         raise ValueError("inpaint_object: the object mask is empty")
-    rgba = np.concatenate([np.where(alpha[..., None], filled, 255),
-                           alpha[..., None].astype(np.uint8) * 255], -1).astype(np.uint8)
-    ii, jj = np.nonzero(alpha)
-    cy, cx = (ii.min() + ii.max() + 1) / 2, (jj.min() + jj.max() + 1) / 2
-    half = max(ii.max() + 1 - ii.min(), jj.max() + 1 - jj.min()) * (0.5 + margin)
-    y0, x0 = int(math.floor(cy - half)), int(math.floor(cx - half))
-    n = int(math.ceil(2 * half))
-    canvas = np.zeros((n, n, 4), np.uint8)
-    canvas[..., :3] = 255
-    H, W = alpha.shape
-    sy0, sx0 = max(y0, 0), max(x0, 0)
-    sy1, sx1 = min(y0 + n, H), min(x0 + n, W)
-    canvas[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = rgba[sy0:sy1, sx0:sx1]
-    return cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA)
+    filled = OpenCVInpainter(radius=5, method="telea", dilate_px=dilate_px)(
+        np.ascontiguousarray(np.asarray(image)[..., :3], dtype=np.uint8),
+        np.asarray(mask_hand, bool), "object")
+    return object_image(filled, np.asarray(mask_object_amodal, bool), size=size, margin=margin)
 
 
 # ---------------------------------------------------------------------- coarse HOI mesh
