@@ -26,7 +26,7 @@ into a shrunken wrong fit).
 
 Measured on 6 development scenes with the default simulated-observer noise (noisy coarse
 geometry, masks and depth): gen -> image within 2.7-6.8 degrees, 1-3 % scale and 1-5 mm,
-5-11 s per image on this CPU (``simulate_observations`` on the first 6 scenes of
+5-11 s per image on this CPU with 10 iterations per start (now 20: a 96 px test scene needed them; about 1.5x the time) (``simulate_observations`` on the first 6 scenes of
 ``hoiguide synth --n 30 --seed 0 --objects pybullet:0-699+procedural:all``). The reference's ICP a ended 30-177 degrees off on the
 same kind of input, and the visibility-aware ICP without the behind-the-front start failed
 on 4 of 6.
