@@ -10,6 +10,7 @@ _EXPORTS = {
     'HunyuanCondition': 'hunyuan',
     'CheckpointNotFoundError': 'hunyuan',
     'check_backbone': 'base',
+    'tiny': 'bundled',
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
