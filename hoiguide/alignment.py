@@ -10,6 +10,9 @@ The same code serves the real adapters and the simulated observers of :mod:`hoig
 3. ICP a: coarse hand-object mesh (generator frame) -> partial point cloud gives
    ``gen_to_image``.
 4. ICP b: hand mesh -> coarse mesh, composed with a, brings the hand into the image frame.
+5. ICP c (ours; ``object_icp="object_sample"``, when the generator's object-alone sample is
+   given): that sample -> the partial points under the object mask gives the OBJECT's
+   ``gen_to_image`` (see :attr:`AlignmentOptions.object_icp` for why).
 
 ICP a differs from the reference by default (``gen_icp="visibility"``). The partial cloud
 is one view of the surface; the coarse mesh is all of it. Matching them as they are lets
@@ -49,6 +52,7 @@ the default). ``init_hand="reference"`` restores the reference's start.
 from __future__ import annotations
 
 import logging
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -61,7 +65,7 @@ from hoiguide.types import Camera, Mesh, Observations, Similarity
 log = logging.getLogger(__name__)
 
 __all__ = ["AlignmentOptions", "partial_points", "visible_points", "align_frames",
-           "build_observations"]
+           "place_object", "build_observations"]
 
 
 @dataclass
@@ -91,6 +95,18 @@ class AlignmentOptions:
             about four front points of the coarse cloud).
         start_points, refine_points: point subsets (each cloud) of the start and refine
             stages.
+        object_icp: placement of the OBJECT in the image frame. ``"object_sample"`` (ours,
+            used when :func:`build_observations` gets ``coarse_object``): a third ICP (c)
+            registers the generator's unguided sample of the object alone (conditioned on the
+            object image, as guidance will be) to the partial points under the object mask,
+            with the same visibility-aware multistart ICP as ICP a, the hand's pixels
+            counted as occluders; its result is ``gen_to_image``. ``"none"`` (the reference):
+            the object takes the hand-object mesh's transform of ICP a. A generator
+            normalises every shape to its box, so the hand-object sample and the object-alone
+            sample have different scales: with ICP a's transform the object comes out 1.4-3.2x
+            too large on our development scenes (see ``docs/tiny-generator.md``).
+        object_min_points: fewer partial object points than this -> ICP c is skipped (logged)
+            and ICP a's transform is kept.
     """
 
     edge_rtol: float = 0.04
@@ -109,11 +125,14 @@ class AlignmentOptions:
     visibility_cell_px: float = 2.0
     start_points: int = 2000
     refine_points: int = 6000
+    object_icp: str = "object_sample"
+    object_min_points: int = 50
 
     @classmethod
     def reference(cls) -> "AlignmentOptions":
         """The reference implementation's alignment (see the module docstring)."""
-        return cls(init_hand="reference", hand_target="coarse", gen_icp="reference")
+        return cls(init_hand="reference", hand_target="coarse", gen_icp="reference",
+                   object_icp="none")
 
 
 def _np(x) -> np.ndarray:
@@ -258,6 +277,57 @@ def visible_points(points: np.ndarray, camera: Camera, *, cell_px: float = 2.0,
     return vis
 
 
+def _projects_into(points: np.ndarray, camera: Camera, mask: np.ndarray) -> np.ndarray:
+    """``(N,)`` bool: the point (camera frame) projects into a True pixel of ``mask``."""
+    q = np.asarray(points, np.float64)
+    z = np.maximum(q[:, 2], 1e-9)
+    u = np.floor(camera.fx * q[:, 0] / z + camera.cx).astype(np.int64)
+    v = np.floor(camera.fy * q[:, 1] / z + camera.cy).astype(np.int64)
+    H, W = mask.shape
+    inside = (q[:, 2] > 1e-9) & (u >= 0) & (v >= 0) & (u < W) & (v < H)
+    out = np.zeros(len(q), bool)
+    out[inside] = mask[v[inside], u[inside]]
+    return out
+
+
+def place_object(coarse_object: Mesh | np.ndarray, partial_object: np.ndarray,
+                 camera: Camera, *, occluder: np.ndarray | None = None,
+                 options: AlignmentOptions | None = None, seed: int = 0
+                 ) -> tuple[Similarity, dict[str, Any]]:
+    """ICP c: the generator's object-alone sample (generator frame) -> the partial points
+    under the object mask (image frame, metres). Returns ``(gen_to_image, info)``.
+
+    Same visibility-aware multistart ICP as ICP a (24 rotations x ``start_scales``, starting
+    from centroids and diagonals), with the pixels of ``occluder`` (the hand mask) treated as
+    hiding the object. See :attr:`AlignmentOptions.object_icp`.
+    """
+    from hoiguide.geometry import sample_surface
+
+    o = options or AlignmentOptions()
+    if isinstance(coarse_object, Mesh):
+        coarse_object.require_nonempty("place_object: coarse_object")
+        pts = sample_surface(coarse_object.to(dtype=torch.float64), o.hand_icp_points,
+                             seed=seed)
+    else:
+        pts = _np(coarse_object)
+    pts = np.asarray(pts, np.float64)
+    partial_object = np.asarray(partial_object, np.float64)
+    if pts.ndim != 2 or pts.shape[1] != 3 or len(pts) < 10:
+        raise ValueError(f"place_object: expected coarse_object as a mesh or (N >= 10, 3) "
+                         f"points, got {pts.shape}")
+    if len(partial_object) < 10:
+        raise ValueError(f"place_object: only {len(partial_object)} partial object points")
+    rng = np.random.default_rng(seed)
+    if len(partial_object) > o.max_points:
+        partial_object = partial_object[rng.choice(len(partial_object), o.max_points,
+                                                   replace=False)]
+    T, info = _multistart_icp(pts, partial_object, camera,
+                              dataclasses.replace(o, gen_icp="visibility"), seed,
+                              occluder=None if occluder is None else np.asarray(occluder, bool))
+    info["num_partial_object_points"] = int(len(partial_object))
+    return T, info
+
+
 def _extrapolate(T0: Similarity, T1: Similarity, k: float) -> Similarity:
     """The similarity ``k`` times as far from ``T0`` as ``T1`` (log-scale, rotation vector
     and translation of the relative step ``T1 T0^-1`` scaled by ``k``)."""
@@ -284,10 +354,12 @@ def _cell_size(q: np.ndarray, camera: Camera, minimum: float) -> float:
 
 
 def _multistart_icp(coarse: np.ndarray, partial: np.ndarray, camera: Camera | None,
-                    o: AlignmentOptions, seed: int, starts: list[Similarity] | None = None
-                    ) -> tuple[Similarity, dict[str, Any]]:
-    """ICP a from 24 rotations x ``o.start_scales`` (or the given ``starts``): short runs,
-    the best three refined."""
+                    o: AlignmentOptions, seed: int, starts: list[Similarity] | None = None,
+                    occluder: np.ndarray | None = None) -> tuple[Similarity, dict[str, Any]]:
+    """ICP a (and c) from 24 rotations x ``o.start_scales`` (or the given ``starts``): short
+    runs, the best three refined. ``occluder``: ``(H, W)`` bool image of pixels where
+    something else (the hand) hides the coarse shape: coarse points projecting there are
+    not expected in the partial cloud."""
     from scipy.spatial.transform import Rotation
 
     from hoiguide.geometry import icp, initial_similarity
@@ -322,6 +394,8 @@ def _multistart_icp(coarse: np.ndarray, partial: np.ndarray, camera: Camera | No
         q = np.asarray(T.apply(coarse))
         m = visible_points(q, camera, cell_px=_cell_size(q, camera, o.visibility_cell_px),
                            erode=1)
+        if occluder is not None:
+            m &= ~_projects_into(q, camera, occluder)
         if m.sum() < 10:
             return math.inf, None, None
         cv, qv = coarse[m], q[m]
@@ -399,8 +473,8 @@ def build_observations(*, camera: Camera, image: np.ndarray, mask_hand, mask_obj
                        hand_mesh: Mesh, coarse_hoi: Mesh | np.ndarray,
                        hand_keypoints_3d=None, keypoints_2d=None, keypoint_confidence=None,
                        mask_object_amodal=None, options: AlignmentOptions | None = None,
-                       seed: int = 0, metadata: dict[str, Any] | None = None
-                       ) -> Observations:
+                       seed: int = 0, metadata: dict[str, Any] | None = None,
+                       coarse_object: Mesh | np.ndarray | None = None) -> Observations:
     """Assemble :class:`~hoiguide.types.Observations` from the models' outputs.
 
     Args:
@@ -418,6 +492,10 @@ def build_observations(*, camera: Camera, image: np.ndarray, mask_hand, mask_obj
         options: :class:`AlignmentOptions`.
         seed: seeds the point subsampling and ICP sampling.
         metadata: merged into ``Observations.metadata`` (alignment info is added).
+        coarse_object: the generator's unguided sample of the object alone (on
+            ``object_image``), generator frame; with ``options.object_icp ==
+            "object_sample"`` ICP c places it (:func:`place_object`) and its transform is
+            ``gen_to_image`` (ICP a's is kept in ``metadata["gen_to_image_hoi"]``).
     """
     from hoiguide.geometry import point_map_targets
 
@@ -431,13 +509,31 @@ def build_observations(*, camera: Camera, image: np.ndarray, mask_hand, mask_obj
     hand_pts = P[keep & mh]
     g2i, h2i, info = align_frames(coarse_hoi, pts, hand_mesh, camera=camera,
                                   partial_hand=hand_pts, options=o, seed=seed)
+    meta = dict(metadata or {})
+    if o.object_icp not in ("object_sample", "none"):
+        raise ValueError(f"AlignmentOptions.object_icp: expected 'object_sample' or 'none', "
+                         f"got {o.object_icp!r}")
+    if coarse_object is not None and o.object_icp == "object_sample":
+        obj_pts = P[keep & mo]
+        if len(obj_pts) < o.object_min_points:
+            log.warning("alignment: only %d partial object points (< %d): ICP c skipped, the "
+                        "object keeps the hand-object transform", len(obj_pts),
+                        o.object_min_points)
+            info["icp_object_to_image"] = {"skipped": f"{len(obj_pts)} partial object points"}
+        else:
+            meta["gen_to_image_hoi"] = g2i.to_dict()
+            g2i, info_c = place_object(coarse_object, obj_pts, camera, occluder=mh, options=o,
+                                       seed=seed)
+            info["icp_object_to_image"] = info_c
+            log.info("alignment: object placed by ICP c: scale %.4g (hand-object ICP a: %.4g), "
+                     "cost %.3g", float(g2i.scale), meta["gen_to_image_hoi"]["scale"],
+                     info_c["cost"])
     normals, disparity, tvalid = point_map_targets(np.where(keep[..., None], P, np.nan), keep,
                                                    rtol=o.edge_rtol)
     hand_img = hand_mesh.detach().transformed(h2i).to(dtype=torch.float32)
     kp3 = None
     if hand_keypoints_3d is not None:
         kp3 = h2i.apply(torch.as_tensor(_np(hand_keypoints_3d), dtype=torch.float64)).float()
-    meta = dict(metadata or {})
     meta["alignment"] = info
     meta["hand_to_image"] = h2i.to_dict()
     return Observations(

@@ -56,7 +56,8 @@ class Reconstruction:
         status: ``"ok"`` or the failure reason (e.g. ``"guidance stopped: ..."``,
             ``"empty object mesh"``).
         counters: ``iterations``, ``skipped_empty_surface``, ``skipped_nonfinite``,
-            ``guidance_stopped``.
+            ``guidance_stopped``, ``components_raw`` / ``components`` (connected components of
+            the final object mesh before / after floater removal).
         hand_keypoints_3d: the hand keypoints after the hand similarity (or ``None``).
         object_mesh_generator: the object in the generator frame.
     """

@@ -165,3 +165,5 @@ def test_tiny_accepts_options():
     assert bb2.dtype == torch.float64 and bb2.default_resolution == 33
     assert bb2.chunk_size == 500
     assert tiny(device="cpu").default_resolution == 65
+    assert tiny(device="cpu").guidance_resolution == 33
+    assert tiny(device="cpu", guidance_resolution=49).guidance_resolution == 49

@@ -71,7 +71,7 @@ def test_bench_end_to_end(scene_dir, tmp_path, observers, capsys):
     md = (out / "summary.md").read_text()
     assert "hoiguide -q bench --scenes" in md and "--seed 7" in md
     printed = parse_table(capsys.readouterr().out)
-    assert list(printed) == ["unguided", "t"] and printed["t"][4] == "0.50 (1/2)"
+    assert list(printed) == ["unguided", "t"] and printed["t"][6] == "0.50 (1/2)"
     # re-running skips everything
     observers.clear()
     assert main(argv) == 0

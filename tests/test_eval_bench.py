@@ -169,8 +169,15 @@ def test_layout_failures_and_rr(main_run):
         for sid in ("s0", "s2"):
             r = res[sid]
             assert r["status"] == "ok" and r["reason"] is None, r
-            assert set(r["metrics"]) == {"cd_cm2", "f5", "f10", "iv_cm3"}
+            assert set(r["metrics"]) == {"cd_cm2", "f5", "f10", "iv_cm3", "hidden_cd_cm2",
+                                         "hidden_f10", "hidden_fraction", "components",
+                                         "components_raw"}
             assert 0 <= r["metrics"]["f5"] <= r["metrics"]["f10"] <= 1
+            # hidden side: part of the true surface is out of view; the mesh has parts
+            m = r["metrics"]
+            assert 0 < m["hidden_fraction"] < 1 and 0 <= m["hidden_f10"] <= 1
+            assert m["hidden_cd_cm2"] >= 0
+            assert m["components_raw"] >= m["components"] >= 1
             assert r["seconds"]["total"] >= r["seconds"]["reconstruct"] > 0
             assert r["seed"] == scene_seed(3, sid) and r["num_steps"] == 2
         s = summary["presets"][preset]
@@ -191,7 +198,7 @@ def test_summary_shape_and_values(main_run):
     data = json.loads((main_run.out / "summary.json").read_text())
     assert list(data["presets"]) == ["unguided", "t"]
     for name, s in data["presets"].items():
-        for key in ("cd_cm2", "f5", "f10", "iv_cm3", "seconds"):
+        for key in ("cd_cm2", "f5", "f10", "iv_cm3", "hidden_cd_cm2", "components", "seconds"):
             assert set(s[key]) == {"mean", "median"}
         assert isinstance(s["rr"], float)
         res = [r for r in load_results(main_run.out, name).values() if r["status"] == "ok"]
@@ -209,7 +216,8 @@ def test_markdown_and_format_table_match_summary(main_run):
     md = (main_run.out / "summary.md").read_text()
     for name in ("unguided", "t"):
         assert len(re.findall(rf"^\| {name} \|", md, flags=re.M)) == 2  # mean + median
-    assert "| preset | CD (cm^2) ↓ | F5 ↑ | F10 ↑ | IV (cm^3) ↓ | RR ↑ | s/scene |" in md
+    assert ("| preset | CD (cm^2) ↓ | F5 ↑ | F10 ↑ | IV (cm^3) ↓ | hidden CD (cm^2) ↓ | "
+            "parts ↓ | RR ↑ | s/scene |") in md
     assert "## Median over scenes" in md and "s1 (observe)" in md
     assert "GaussianGridBackbone" in md and "seed: 3" in md
     for stat in ("mean", "median"):
@@ -219,11 +227,12 @@ def test_markdown_and_format_table_match_summary(main_run):
         assert list(rows) == ["unguided", "t"]
         for name, cells in rows.items():
             s = summary["presets"][name]
-            for cell, key, digits in zip(cells, ("cd_cm2", "f5", "f10", "iv_cm3"),
-                                         (3, 3, 3, 2)):
+            for cell, key, digits in zip(cells, ("cd_cm2", "f5", "f10", "iv_cm3",
+                                                 "hidden_cd_cm2", "components"),
+                                         (3, 3, 3, 2, 3, 1)):
                 assert abs(float(cell) - s[key][stat]) <= 0.5 * 10 ** -digits + 1e-12
-            assert cells[4] == "0.67 (2/3)"
-            assert abs(float(cells[5]) - s["seconds"][stat]) <= 0.005 + 1e-12
+            assert cells[6] == "0.67 (2/3)"
+            assert abs(float(cells[7]) - s["seconds"][stat]) <= 0.005 + 1e-12
     with pytest.raises(ValueError, match="stat"):
         format_table(summary, stat="max")
     with pytest.raises(ValueError, match="presets"):
@@ -237,7 +246,7 @@ def test_format_table_with_no_successes():
                                  "iv_cm3": {"mean": None, "median": None},
                                  "rr": 0.0, "n": 2, "n_ok": 0,
                                  "seconds": {"mean": None, "median": None}}}}
-    assert parse_table(format_table(summary))["p"] == ["–"] * 4 + ["0.00 (0/2)", "–"]
+    assert parse_table(format_table(summary))["p"] == ["–"] * 6 + ["0.00 (0/2)", "–"]
 
 
 def test_rerun_skips_overwrite_and_config_change_recompute(scene_dir, backbone, tmp_path):

@@ -112,3 +112,62 @@ def test_errors():
         hand_alignment(gt_hand, Mesh.empty())
     with pytest.raises(TypeError, match="expected alignment to be a Similarity"):
         hand_aligned_metrics(gt_hand, gt_obj, gt_hand, gt_obj, alignment=np.eye(4))
+
+
+# --------------------------------------------------------------------------------------
+# hidden side
+# --------------------------------------------------------------------------------------
+
+
+def _camera_scene():
+    """The gt scene moved 30 cm in front of a camera, with its rendered depth."""
+    from hoiguide.render import render
+    from hoiguide.types import Camera
+
+    hand, obj = gt_scene()
+    shift = torch.tensor([0.0, 0.0, 0.3], dtype=torch.float64)
+    hand = Mesh(hand.vertices + shift, hand.faces)
+    obj = Mesh(obj.vertices + shift, obj.faces)
+    cam = Camera.from_fov(30.0, 96, 96)
+    depth = render([hand, obj], cam).depth.numpy()
+    return cam, depth, hand, obj
+
+
+def test_hidden_surface_mask_front_back_and_occluded():
+    from hoiguide.eval.protocol import hidden_surface_mask
+    from hoiguide.geometry import sample_surface
+
+    cam, depth, hand, obj = _camera_scene()
+    pts = sample_surface(obj, 4000, seed=0)
+    n = pts - obj.vertices.mean(0).numpy()
+    hidden = hidden_surface_mask(pts, cam, depth)
+    back = n[:, 2] > 0.01                      # faces away from the camera
+    assert hidden[back].mean() > 0.98
+    front = (n[:, 2] < -0.012)
+    # the front is seen except where the hand is in front of it
+    assert 0.3 < (~hidden[front]).mean() <= 1.0
+    # a point outside the image is hidden; bad shapes are named
+    assert hidden_surface_mask(np.array([[5.0, 0.0, 0.3]]), cam, depth)[0]
+    with pytest.raises(ValueError, match="depth map"):
+        hidden_surface_mask(pts, cam, depth[:10])
+
+
+def test_hidden_metrics_separate_the_visible_fit_from_completion():
+    from hoiguide.eval.protocol import hidden_surface_mask
+
+    cam, depth, hand, obj = _camera_scene()
+    full = hand_aligned_metrics(hand, obj, hand, obj, num_samples=4000, camera=cam,
+                                depth=depth)
+    assert 0.3 < full["hidden_fraction"] < 0.8
+    assert full["hidden_cd_cm2"] < 0.01 and full["hidden_f10"] == 1.0
+    # only the faces the camera sees: the visible side is right, the hidden side missing
+    centres = obj.vertices[obj.faces].mean(1).numpy()
+    seen = ~hidden_surface_mask(centres, cam, depth, tolerance=0.003)
+    front = Mesh(obj.vertices, obj.faces[torch.as_tensor(seen)])
+    part = hand_aligned_metrics(hand, front, hand, obj, num_samples=4000, camera=cam,
+                                depth=depth)
+    # (the whole-object CD includes the missing back too, diluted by the right front)
+    assert part["hidden_cd_cm2"] > 1.5 * part["cd_cm2"] and part["hidden_cd_cm2"] > 0.3
+    assert part["hidden_f10"] < 0.8
+    with pytest.raises(ValueError, match="both"):
+        hand_aligned_metrics(hand, obj, hand, obj, camera=cam)

@@ -28,7 +28,8 @@ import torch
 
 from hoiguide.backbones.hunyuan import HunyuanBackbone
 
-__all__ = ["tiny", "TINY_WEIGHTS_PACKAGE", "TINY_DEFAULT_RESOLUTION"]
+__all__ = ["tiny", "TINY_WEIGHTS_PACKAGE", "TINY_DEFAULT_RESOLUTION",
+           "TINY_GUIDANCE_RESOLUTION"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,11 @@ TINY_DEFAULT_RESOLUTION = 65
 """Default grid points per axis for :func:`hoiguide.guidance.latent_to_mesh` with the tiny
 generator: its shapes have no detail finer than ~1/20 of the box, and a 65^3 decode takes
 ~1-2 s on a CPU (Hunyuan3D-2 uses 385)."""
+
+TINY_GUIDANCE_RESOLUTION = 33
+"""Default grid points per axis of the SDF decoded in guidance's inner loop with the tiny
+generator (``backbone.guidance_resolution``; the reference decodes at 65). Decode + backward
+dominate an inner iteration on a CPU; the tiny generator's shapes are coarse enough for 33."""
 
 
 def tiny(device: torch.device | str | None = None, dtype: torch.dtype | None = None,
@@ -53,7 +59,9 @@ def tiny(device: torch.device | str | None = None, dtype: torch.dtype | None = N
         device: default CUDA when available, else CPU.
         dtype: default float16 on CUDA, float32 on CPU (the weights are stored in float32).
         **kwargs: constructor options of :class:`HunyuanBackbone` (``box_v``,
-            ``default_resolution`` -- default :data:`TINY_DEFAULT_RESOLUTION` --, ``chunk_size``).
+            ``default_resolution`` -- default :data:`TINY_DEFAULT_RESOLUTION` --,
+            ``guidance_resolution`` -- default :data:`TINY_GUIDANCE_RESOLUTION` --,
+            ``chunk_size``).
 
     Returns:
         The generator: ``latent_shape`` ``(64, 16)``, ``time_convention`` ``"data_at_1"``,
@@ -65,6 +73,7 @@ def tiny(device: torch.device | str | None = None, dtype: torch.dtype | None = N
         FileNotFoundError: the package data is missing (a broken installation).
     """
     kwargs.setdefault("default_resolution", TINY_DEFAULT_RESOLUTION)
+    kwargs.setdefault("guidance_resolution", TINY_GUIDANCE_RESOLUTION)
     root = importlib.resources.files(TINY_WEIGHTS_PACKAGE).joinpath("weights", "tiny")
     with importlib.resources.as_file(root) as folder:
         missing = [n for n in ("config.yaml", "model.safetensors")

@@ -378,6 +378,8 @@ class HunyuanBackbone:
             (385 = hy3dgen's default octree resolution 384 + 1).
         chunk_size: query points per geometry-decoder call in :meth:`decode_sdf`.
         config: the hub-style config dict when known (needed by :meth:`save_pretrained`).
+        guidance_resolution: grid points per axis of the SDF decoded in guidance's inner loop
+            (``None``: the engine's default, ``min(default_resolution, 65)``).
     """
 
     time_convention = TimeConvention.DATA_AT_1
@@ -386,7 +388,8 @@ class HunyuanBackbone:
                  conditioner: torch.nn.Module, scheduler: Any, image_processor: Any,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                  box_v: float = 1.01, default_resolution: int = 385, chunk_size: int = 8000,
-                 config: Mapping[str, Any] | None = None) -> None:
+                 config: Mapping[str, Any] | None = None,
+                 guidance_resolution: int | None = None) -> None:
         self.device = _default_device(device)
         self.dtype = _default_dtype(dtype, self.device)
         for name, m in (("model", model), ("vae", vae), ("conditioner", conditioner)):
@@ -413,6 +416,11 @@ class HunyuanBackbone:
             raise ValueError(f"default_resolution: expected >= 2, got {default_resolution}")
         if int(chunk_size) < 1:
             raise ValueError(f"chunk_size: expected >= 1, got {chunk_size}")
+        if guidance_resolution is not None and int(guidance_resolution) < 2:
+            raise ValueError(f"guidance_resolution: expected >= 2 or None, got "
+                             f"{guidance_resolution}")
+        self.guidance_resolution = None if guidance_resolution is None \
+            else int(guidance_resolution)
         self.box_v = float(box_v)
         self.bounds: Bounds = normalize_bounds(self.box_v)
         self.default_resolution = int(default_resolution)
@@ -467,7 +475,8 @@ class HunyuanBackbone:
             seed: seeds the weight initialisation (the global RNG state is left untouched).
             init_device: where parameters are created and initialised (default CPU; pass the
                 GPU to build a full-size model quickly).
-            **kwargs: constructor options (``box_v``, ``default_resolution``, ``chunk_size``).
+            **kwargs: constructor options (``box_v``, ``default_resolution``, ``chunk_size``,
+                ``guidance_resolution``).
         """
         cfg = _load_config(config)
         import_hy3dgen()
@@ -507,7 +516,8 @@ class HunyuanBackbone:
         Args:
             device: default CUDA when available, else CPU. dtype: default float16 on CUDA,
                 float32 on CPU.
-            **kwargs: constructor options (``box_v``, ``default_resolution``, ``chunk_size``).
+            **kwargs: constructor options (``box_v``, ``default_resolution``, ``chunk_size``,
+                ``guidance_resolution``).
         Raises:
             ImportError: hy3dgen missing (names the extra to install).
             CheckpointNotFoundError: nothing found; lists the places searched.

@@ -13,6 +13,7 @@ _EXPORTS = {
     'sample_surface': 'metrics',
     'hand_aligned_metrics': 'protocol',
     'hand_alignment': 'protocol',
+    'hidden_surface_mask': 'protocol',
     'run_benchmark': 'bench',
     'summarize': 'bench',
     'format_table': 'bench',

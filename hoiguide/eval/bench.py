@@ -64,7 +64,8 @@ FORMAT_VERSION = 1
 
 #: the per-scene metrics, in table order (name in JSON, table header, better)
 METRICS = (("cd_cm2", "CD (cm^2) ↓", 3), ("f5", "F5 ↑", 3), ("f10", "F10 ↑", 3),
-           ("iv_cm3", "IV (cm^3) ↓", 2))
+           ("iv_cm3", "IV (cm^3) ↓", 2), ("hidden_cd_cm2", "hidden CD (cm^2) ↓", 3),
+           ("components", "parts ↓", 1))
 _STATS = ("mean", "median")
 
 
@@ -301,10 +302,15 @@ def _run_pair(res: dict[str, Any], scene: Any, obs: Any, schedule: Any, *, backb
     res["phase"] = "metrics"
     t1 = time.perf_counter()
     m = hand_aligned_metrics(rec.hand_mesh, rec.object_mesh, scene.hand_mesh,
-                             scene.object_mesh, num_samples=num_samples, seed=seed)
+                             scene.object_mesh, num_samples=num_samples, seed=seed,
+                             camera=scene.camera, depth=scene.depth)
+    m["components"] = rec.counters.get("components")
     res["seconds_metrics"] = time.perf_counter() - t1
-    metrics = {k: _finite(m[k]) for k, _, _ in METRICS}
-    bad = [k for k, v in metrics.items() if v is None]
+    metrics = {k: _finite(m.get(k)) for k, _, _ in METRICS}
+    for k in ("hidden_f10", "hidden_fraction"):
+        metrics[k] = _finite(m.get(k))
+    metrics["components_raw"] = _finite(rec.counters.get("components_raw"))
+    bad = [k for k in ("cd_cm2", "f5", "f10", "iv_cm3") if metrics[k] is None]
     res["metrics"] = metrics
     res["alignment"] = m["alignment"].to_dict()
     if bad:

@@ -11,7 +11,21 @@ For each flow step ``i`` of ``backbone.sigmas(N)``:
    the phase's parameter groups (``velocity``, ``latent``, ``hand.*``, ``object.*``), with a
    fresh optimiser per step and the phase's per-group learning rates;
 3. callbacks receive a :class:`StepState`;
-4. the real Euler step ``x <- x + (sigma_{i+1} - sigma_i) v`` with the optimised ``v``.
+4. the phase's update rule moves the sample to ``sigma_{i+1}``:
+
+   * ``update: euler`` (the reference): ``x <- x + (sigma_{i+1} - sigma_i) v`` with the
+     optimised ``v`` (and the optimised ``x`` when the phase optimises ``latent``). The clean
+     estimate of the next step moves by only ``(sigma_{i+1} - sigma_i) / (1 - sigma_i)``
+     (data_at_1) of the optimised change.
+   * ``update: renoise``: keep the optimised clean estimate ``x_hat'`` and re-noise it with
+     the noise estimate ``eps_hat`` of the model's own velocity: ``x <- a(sigma_{i+1}) x_hat'
+     + b(sigma_{i+1}) eps_hat`` with ``a = sigma, b = 1 - sigma`` (data_at_1) or ``a = 1 -
+     sigma, b = sigma`` (data_at_0) (:func:`hoiguide.guidance.flow.add_noise`), i.e. the
+     whole correction is carried to the next step.
+
+   ``repeats: r`` (time travel) runs inner loop + update ``r`` times per step: between
+   repeats the sample goes back from ``sigma_{i+1}`` to ``sigma_i`` with fresh seeded noise
+   (:func:`hoiguide.guidance.flow.noise_back`) and the model is called again.
 
 Phases with ``window: after_sampling`` run once after the last step on the final sample
 (its clean estimate is the sample itself); that is how the ``no_guidance`` ablation is written.
@@ -45,7 +59,8 @@ import torch
 import torch.nn.functional as F
 
 from hoiguide.backbones.base import check_backbone
-from hoiguide.guidance.flow import TimeConvention, euler_step, predict_clean
+from hoiguide.guidance.flow import (TimeConvention, add_noise, euler_step, noise_back,
+                                    predict_clean, predict_noise)
 from hoiguide.guidance.sampler import decode_grid, initial_noise
 from hoiguide.types import Camera, Mesh, Observations, Similarity, SimilarityParams
 
@@ -90,7 +105,10 @@ class GuidanceOptions:
         edge_sigma: soft-silhouette edge width in pixels (see :func:`hoiguide.render.render`).
         max_iterations: cap on every phase's inner iterations (for demos and tests).
         remove_floaters: drop final-mesh components smaller than ``floater_fraction`` of the
-            largest (by surface area).
+            largest (by surface area): the largest piece always stays, and so does any piece
+            at least that big (a handle decoded apart from its mug survives, specks do not).
+            The counts before / after are in ``counters["components_raw"]`` /
+            ``counters["components"]``.
         floater_fraction: see ``remove_floaters``.
         rotation_repr: ``"quaternion"`` (the reference's) or ``"6d"`` for the similarities.
         profile: synchronise the device around each timed part (accurate GPU timings).
@@ -726,6 +744,43 @@ class _Run:
                 last_obj = self._place_object(mesh_gen)
         return x_out, v_out, None if last_obj is None else last_obj.detach(), last_vals
 
+    # ---- one guided flow step -------------------------------------------------------------
+    def _guided_step(self, phase: Any, terms: Sequence[Any], i: int, x: torch.Tensor,
+                     v: torch.Tensor, s: float, s_next: float, cond: Any, w: float
+                     ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor],
+                                Optional[Mesh], dict]:
+        """The phase's inner loop(s) at step ``i`` and its update rule. Returns ``(x, v,
+        x_next, last object mesh, last losses)``: ``x, v`` as optimised (for callbacks),
+        ``x_next`` the sample at ``s_next`` (``None``: the caller takes the Euler step)."""
+        conv = self.s.convention
+        x_next = None
+        for r in range(phase.repeats):
+            if r > 0:
+                # time travel: back from s_next to s with fresh noise, a new model call
+                gen = torch.Generator(device="cpu").manual_seed(
+                    (self.seed * 1_000_003 + i * 101 + r) % (2**63))
+                noise = torch.randn(x_next.shape, generator=gen, dtype=torch.float32)
+                with torch.no_grad():
+                    x = noise_back(x_next.float(), s_next, s, noise.to(x_next.device),
+                                   conv).to(x_next.dtype)
+                    v = self.bb.velocity(x, s, cond, w)
+            x_in, v_in = x, v
+            x, v, obj_mesh, losses = self._optimise(phase, terms, i, x, v, s)
+            step_dtype = torch.promote_types(x.dtype, torch.float32)
+            with torch.no_grad():
+                if phase.update == "renoise":
+                    # keep the optimised clean estimate, re-noised with the noise estimate of
+                    # the model's own (unoptimised) velocity at the next sigma
+                    clean = predict_clean(x.to(step_dtype), v.to(step_dtype), s, conv)
+                    eps = predict_noise(x_in.to(step_dtype), v_in.to(step_dtype), s, conv)
+                    x_next = add_noise(clean, eps, s_next, conv).to(x.dtype)
+                else:
+                    x_next = euler_step(x.to(step_dtype), v.to(step_dtype), s,
+                                        s_next).to(x.dtype)
+            if s_next == s and phase.update == "euler":
+                break  # a zero-length step: repeating it changes nothing but the cost
+        return x, v, x_next, obj_mesh, losses
+
     # ---- the loop -----------------------------------------------------------------------
     def execute(self) -> GuidanceResult:
         bb, sched, n = self.bb, self.s.schedule, self.s.num_steps
@@ -764,12 +819,13 @@ class _Run:
                 with torch.no_grad():
                     v = bb.velocity(x, s, cond, w)
                 obj_mesh, losses = None, {}
+                x_next = None
                 if phase is not None:
                     if bar is not None:
                         bar.set_postfix_str(phase.name)
                     try:
-                        x, v, obj_mesh, losses = self._optimise(
-                            phase, sched.terms_at(i, n), i, x, v, s)
+                        x, v, x_next, obj_mesh, losses = self._guided_step(
+                            phase, sched.terms_at(i, n), i, x, v, s, s_next, cond, w)
                     except _Stop:
                         self.stopped = True
                 step_dtype = torch.promote_types(x.dtype, torch.float32)
@@ -787,8 +843,11 @@ class _Run:
                             losses=dict(losses), history=self.history)
                     for cb in self.callbacks:
                         cb(state)
-                with torch.no_grad():
-                    x = euler_step(x.to(step_dtype), v.to(step_dtype), s, s_next).to(x.dtype)
+                if x_next is not None:
+                    x = x_next
+                else:
+                    with torch.no_grad():
+                        x = euler_step(x.to(step_dtype), v.to(step_dtype), s, s_next).to(x.dtype)
                 if bar is not None:
                     bar.update(1)
         finally:
@@ -804,7 +863,8 @@ class _Run:
             except _Stop:
                 self.stopped = True
         # final decode
-        from hoiguide.geometry import extract_isosurface, remove_small_components
+        from hoiguide.geometry import (connected_components, extract_isosurface,
+                                       remove_small_components)
 
         t0 = time.perf_counter()
         with torch.no_grad():
@@ -815,8 +875,14 @@ class _Run:
                     self.status = "non-finite final latent"
             else:
                 mesh_gen = extract_isosurface(grid.to(self.dtype), bb.bounds)
-            if not mesh_gen.is_empty and self.s.options.remove_floaters:
-                mesh_gen = remove_small_components(mesh_gen, self.s.options.floater_fraction)
+            if not mesh_gen.is_empty:
+                self.counters["components_raw"] = int(connected_components(mesh_gen).max()) + 1
+                if self.s.options.remove_floaters:
+                    mesh_gen = remove_small_components(mesh_gen,
+                                                       self.s.options.floater_fraction)
+                self.counters["components"] = int(connected_components(mesh_gen).max()) + 1
+            else:
+                self.counters["components_raw"] = self.counters["components"] = 0
             obj = self._place_object(mesh_gen).detach()
             hand = self._hand_mesh().detach()
             kp = None if self.hand_kp is None else self.hand(self.hand_kp).detach()

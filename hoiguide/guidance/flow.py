@@ -21,7 +21,10 @@ clean estimate x_hat     x + (1 - sigma) * v              x - sigma * v
 d x_hat / d v            1 - sigma                        -sigma
 noise estimate           x - sigma * v                    x + (1 - sigma) * v
 v from a clean target    (x_hat - x) / (1 - sigma)        (x - x_hat) / sigma
+data / noise weights     a = sigma, b = 1 - sigma         a = 1 - sigma, b = sigma
 ======================  ==============================  ==============================
+
+(``x_sigma = a(sigma) x_data + b(sigma) eps``; :func:`noise_back` uses ``a`` and ``b``.)
 
 All functions are pure, differentiable and work on any tensor shape. ``sigma`` may be a Python
 float, a 0-d tensor, or a 1-d tensor with one value per batch element (dimension 0), which is
@@ -43,6 +46,7 @@ __all__ = [
     "predict_noise",
     "velocity_from_clean",
     "add_noise",
+    "noise_back",
 ]
 
 SigmaLike = Union[float, torch.Tensor]
@@ -198,3 +202,43 @@ def add_noise(x_clean: torch.Tensor, noise: torch.Tensor, sigma: SigmaLike,
     if c is TimeConvention.DATA_AT_1:
         return s * x_clean + (1.0 - s) * noise
     return (1.0 - s) * x_clean + s * noise
+
+
+def _weights(sigma: SigmaLike, c: TimeConvention) -> tuple[SigmaLike, SigmaLike]:
+    """``(a, b)`` with ``x_sigma = a x_data + b eps`` (see the module table)."""
+    if c is TimeConvention.DATA_AT_1:
+        return sigma, 1.0 - sigma
+    return 1.0 - sigma, sigma
+
+
+def noise_back(x: torch.Tensor, sigma_from: float, sigma_to: float, noise: torch.Tensor,
+               convention: TimeConvention | str) -> torch.Tensor:
+    """Move a sample BACK along the flow, from ``sigma_from`` to the noisier ``sigma_to``,
+    with fresh Gaussian noise (the forward noising kernel of the straight-line interpolant;
+    used by "time travel" guidance).
+
+    With ``x_sigma = a(sigma) x_data + b(sigma) eps``:
+    ``x_to = (a_to / a_from) x_from + sqrt(b_to^2 - (a_to / a_from)^2 b_from^2) * noise``,
+    which keeps the data weight ``a_to`` and a total noise standard deviation ``b_to``:
+    ``data_at_1``: ``a = sigma``, ``b = 1 - sigma``; ``data_at_0``: ``a = 1 - sigma``,
+    ``b = sigma``.
+
+    Args:
+        x: the sample at ``sigma_from`` (any shape).
+        sigma_from, sigma_to: floats; ``sigma_to`` must be at least as noisy as
+            ``sigma_from`` and ``sigma_from`` must not be pure noise.
+        noise: standard Gaussian noise, the shape of ``x``.
+    """
+    _check_same_shape(x, noise, "x", "noise")
+    c = TimeConvention.parse(convention)
+    a_f, b_f = _weights(float(sigma_from), c)
+    a_t, b_t = _weights(float(sigma_to), c)
+    if a_f <= 0:
+        raise ValueError(f"noise_back: sigma_from={sigma_from} is pure noise in the "
+                         f"{c.value} convention")
+    k = a_t / a_f
+    var = b_t * b_t - (k * b_f) ** 2
+    if var < -1e-12 or k > 1 + 1e-12:
+        raise ValueError(f"noise_back: sigma_to={sigma_to} is not noisier than "
+                         f"sigma_from={sigma_from} in the {c.value} convention")
+    return k * x + (max(var, 0.0) ** 0.5) * noise

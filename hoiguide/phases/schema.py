@@ -41,6 +41,13 @@ left without a step: :meth:`resolve` reports them empty (and the engine skips th
 sample: it may only optimise similarity groups (and ``latent``), never ``velocity``; such
 phases run in list order (the ``no_guidance`` ablation: generate, then fit the transforms).
 
+**Update rules** (per in-loop phase): ``update: euler`` (default, the reference: the flow step
+uses the optimised velocity) or ``update: renoise`` (the optimised clean estimate is re-noised
+to the next sigma with the model's own noise estimate, so the whole correction is kept);
+``repeats: r`` runs the inner loop and the update ``r`` times per step, going back to the
+step's sigma with fresh noise in between ("time travel"). Formulas for both time conventions:
+:mod:`hoiguide.guidance.engine`.
+
 **Parameter groups** (``optimize``): ``velocity``, ``latent``, ``hand.scale``,
 ``hand.rotation``, ``hand.translation``, ``object.scale``, ``object.rotation``,
 ``object.translation``. A fresh optimiser is built for each step a phase covers
@@ -100,7 +107,9 @@ AFTER_SAMPLING = "after_sampling"
 _TOP_KEYS = ("name", "description", "base", "num_steps", "guidance_scale", "guidance_decay",
              "on_nonfinite", "phases", "drop_losses")
 _PHASE_KEYS = ("name", "description", "window", "steps", "iterations", "optimizer",
-               "optimize", "weights")
+               "optimize", "weights", "update", "repeats")
+#: how a guided flow step uses the optimised velocity / latent (see the module docstring)
+UPDATES = ("euler", "renoise")
 _OPT_KEYS = ("type", "eps", "betas", "weight_decay")
 _DECAY_KEYS = ("start", "start_step", "kind")
 _WINDOW_KEYS = ("start", "end")
@@ -298,6 +307,10 @@ class Phase:
         steps: explicit step indices (or ``None``); negative ones count from the end.
         after_sampling: runs once after the last flow step (``window: after_sampling``).
         description: free text.
+        update: how the step uses the optimised velocity / latent: ``"euler"`` (the
+            reference) or ``"renoise"`` (see the module docstring).
+        repeats: inner loop + update this many times per covered step ("time travel"; 1 =
+            the reference).
     """
 
     name: str
@@ -309,6 +322,8 @@ class Phase:
     steps: Optional[tuple[int, ...]] = None
     after_sampling: bool = False
     description: str = ""
+    update: str = "euler"
+    repeats: int = 1
 
     @property
     def groups(self) -> tuple[str, ...]:
@@ -361,6 +376,10 @@ class Phase:
         if self.steps is not None:
             d["steps"] = list(self.steps)
         d["iterations"] = self.iterations
+        if self.update != "euler":
+            d["update"] = self.update
+        if self.repeats != 1:
+            d["repeats"] = self.repeats
         d["optimizer"] = self.optimizer.to_dict()
         d["optimize"] = dict(self.optimize)
         d["weights"] = {w.label: w.to_yaml_value() for w in self.weights}
@@ -920,7 +939,14 @@ def _parse_phase(d: Any, path: str, source: Optional[str]) -> Phase:
         optimize[g] = _number(lr, _join(opath, g), source, positive=True,
                               what="a learning rate")
     weights = _parse_weights(d["weights"], _join(path, "weights"), source, name)
-    return Phase(name, optimize, iterations, weights, optimizer, window, steps, after, desc)
+    update = _string(d.get("update", "euler"), _join(path, "update"), source, UPDATES)
+    repeats = _number(d.get("repeats", 1), _join(path, "repeats"), source, integer=True,
+                      positive=True, what="repeats")
+    if after and (update != "euler" or repeats != 1):
+        raise ScheduleError("'update' and 'repeats' act on flow steps; an after_sampling "
+                            "phase has none (leave them out)", path, source)
+    return Phase(name, optimize, iterations, weights, optimizer, window, steps, after, desc,
+                 update, int(repeats))
 
 
 def _parse_schedule(data: Any, source: Optional[str]) -> PhaseSchedule:

@@ -53,7 +53,7 @@ from hoiguide.types import Mesh, Observations, Similarity
 log = logging.getLogger(__name__)
 
 __all__ = ["ObserverNoise", "simulate_observations", "observe_masks", "observe_depth",
-           "observe_hand", "inpaint_object", "coarse_hoi_geometry", "stable_seed"]
+           "observe_hand", "inpaint_object", "coarse_hoi_geometry", "coarse_object_sample", "stable_seed"]
 
 
 @dataclass(frozen=True)
@@ -313,6 +313,21 @@ def coarse_hoi_geometry(scene: Scene, noise: ObserverNoise, rng: np.random.Gener
     return pts, "noisy_union"
 
 
+def coarse_object_sample(backbone: Any, object_image: np.ndarray, *, num_steps: int = 20,
+                         resolution: int = 65, seed: int = 0) -> Mesh | None:
+    """The generator's unguided sample of the object alone (generator frame), for ICP c
+    (:func:`hoiguide.alignment.place_object`); ``None`` when it has no surface."""
+    from hoiguide.guidance.sampler import latent_to_mesh, sample
+
+    latent = sample(backbone, object_image, num_steps=num_steps, seed=seed)
+    mesh = latent_to_mesh(backbone, latent, resolution)
+    if mesh.is_empty:
+        log.warning("coarse object: the generator gave no surface; the object keeps the "
+                    "hand-object transform")
+        return None
+    return mesh.to(dtype=torch.float64)
+
+
 def _union_image(image: np.ndarray, union: np.ndarray) -> np.ndarray:
     """The crop with everything outside the union mask whitened, as RGBA."""
     rgb = np.where(union[..., None], image[..., :3], 255).astype(np.uint8)
@@ -328,7 +343,9 @@ def simulate_observations(scene: Scene, *, backbone: Any = None,
     Args:
         scene: a synthetic scene (ground truth is used only to simulate the observers).
         backbone: when given, the coarse hand-object mesh is the backbone's unguided sample
-            on the union crop (as in the reference); else noisy ground-truth geometry.
+            on the union crop (as in the reference), and its sample on the object image
+            places the object (ICP c, :func:`hoiguide.alignment.place_object`); else noisy
+            ground-truth geometry.
         noise: ``"default"``, ``"none"``, a strength multiplier or an :class:`ObserverNoise`.
         seed: seeds every observer (same seed, same observations).
         alignment: :class:`hoiguide.alignment.AlignmentOptions`.
@@ -353,6 +370,9 @@ def simulate_observations(scene: Scene, *, backbone: Any = None,
     coarse, coarse_kind = coarse_hoi_geometry(scene, nz, rng, backbone=backbone,
                                               union_image=_union_image(scene.image, union),
                                               seed=seed)
+    coarse_object = None
+    if backbone is not None:
+        coarse_object = coarse_object_sample(backbone, obj_img, seed=seed)
     g2c = scene_gen_to_camera(scene)
     g2i_true = Similarity(torch.tensor(depth_scale, dtype=torch.float64),
                           torch.eye(3, dtype=torch.float64),
@@ -365,4 +385,4 @@ def simulate_observations(scene: Scene, *, backbone: Any = None,
         mask_object=masks["mask_object"], object_image=obj_img, point_map=point_map,
         point_valid=valid, hand_mesh=hand_mesh, coarse_hoi=coarse, hand_keypoints_3d=kp3,
         keypoints_2d=kp2, mask_object_amodal=masks["mask_object_amodal"], options=alignment,
-        seed=seed, metadata=meta)
+        seed=seed, metadata=meta, coarse_object=coarse_object)
