@@ -19,7 +19,22 @@ Subcommands so far:
   (:func:`hoiguide.eval.run_benchmark`). Failed scenes are recorded and count against RR
   (exit code 0); re-running skips finished scenes.
 
-Exit codes: 0 success, 1 the run failed (reason in result.json and on stderr), 2 bad usage.
+* ``hoiguide reconstruct IMAGE --out DIR --models FILE.yaml``: one photo -> meshes
+  (:func:`hoiguide.adapters.pipeline.reconstruct_image`).
+* ``hoiguide synth --n N --out DIR``: synthetic scenes with ground truth.
+* ``hoiguide batch INPUT --out DIR [--shard i/n] [--ray [ADDRESS]]``: every image / scene
+  folder of INPUT (a folder or a list file) into ``DIR/<item>/`` (atomically; re-running
+  resumes; failures recorded), ``DIR/batch_summary.json`` (:func:`hoiguide.batch.run_batch`).
+* ``hoiguide app [--host H] [--port P] [--share no]``: the web demo (:mod:`hoiguide.app`).
+
+Every reconstruction writes meshes (GLB/PLY/OBJ), overlay.png, turntable.png/.gif,
+losses.png and a self-contained report.html (:func:`hoiguide.outputs.write_outputs`).
+``-q/--quiet`` (warnings only, no progress bars) and ``-v/--verbose`` (debug) go before or
+after the subcommand. docs/cli.md is the reference.
+
+Exit codes: 0 success; 1 the run failed (reason in result.json and on stderr; ``batch``: at
+least one item failed, see batch_summary.json); 2 bad usage or it could not start (nothing
+written); 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -27,10 +42,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,7 +62,60 @@ EXAMPLES = """examples:
   hoiguide schedule followmyhold --steps 20
   hoiguide synth --n 30 --seed 0 --objects pybullet:0-699 --out scenes/
   hoiguide bench --scenes scenes/ --preset unguided --preset fast --out out/bench
+  hoiguide batch scenes/ --out out/batch   # one folder per item, resumable; --shard, --ray
+  hoiguide app                             # web demo on http://127.0.0.1:7860
+
+  -q/--quiet: warnings only, no progress bars; -v/--verbose: debug logging.
+exit codes: 0 ok, 1 the run (or a batch item) failed, 2 bad usage, 130 interrupted.
 """
+
+SUB_EXAMPLES = {
+    "demo": """examples:
+  hoiguide demo --out out/demo
+  hoiguide demo --preset unguided --seed 3 --out out/quick        # seconds, no guidance
+  hoiguide demo --scene scenes/00003_procedural_mug --preset fast --out out/mug
+  hoiguide demo --option num_steps=8 --option grid_resolution=33 --views 12 --out out/d
+""",
+    "smoke": """examples:
+  hoiguide smoke --out out/smoke
+  hoiguide smoke --resolution 64 --size 128 --out out/smoke_small
+""",
+    "schedule": """examples:
+  hoiguide schedule followmyhold
+  hoiguide schedule fast --steps 8
+  hoiguide schedule demos/custom_schedule.yaml --steps 20
+""",
+    "bench": """examples:
+  hoiguide bench --scenes scenes/ --preset unguided --preset fast --out out/bench
+  hoiguide bench --scenes scenes/ --preset fast --limit 5 --option num_steps=8 --out out/b
+""",
+    "synth": """examples:
+  hoiguide synth --n 30 --seed 0 --out scenes/
+  hoiguide synth --n 4 --objects procedural:mug,bottle --size 128 --out scenes_small/
+""",
+    "reconstruct": """examples:
+  hoiguide reconstruct photo.jpg --out out/photo --models models.yaml
+  hoiguide reconstruct photo.jpg --out out/photo --models offline --object-name mug
+  hoiguide reconstruct left.jpg --left-hand --intrinsics 1500,1500,960,540 --out out/left
+""",
+    "batch": """examples:
+  hoiguide batch scenes/ --out out/batch                  # every scene folder of scenes/
+  hoiguide batch photos/ --models models.yaml --out out/photos
+  hoiguide batch list.txt --out out/b --preset unguided   # one path per line
+  hoiguide batch scenes/ --out out/b --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT
+  hoiguide batch scenes/ --out out/b --ray                # local Ray, or $RAY_ADDRESS
+  hoiguide batch scenes/ --out out/b --ray=ray://head:10001 --ray-workers 8
+
+writes OUT/<item>/ (all files of one reconstruction + result.json; status ok or failed with
+its reason) and OUT/batch_summary.json (counts ok / failed / skipped). Re-running skips the
+finished items. Exit code 0: no item failed; 1: some failed; 2: could not start.
+""",
+    "app": """examples:
+  hoiguide app                                   # http://127.0.0.1:7860, CPU, tiny generator
+  hoiguide app --port 8080 --host 0.0.0.0        # reachable from other machines
+  hoiguide app --models models.yaml              # photos too (needs the model weights)
+""",
+}
 
 
 def _analytic_mug_sdf(points: torch.Tensor) -> torch.Tensor:
@@ -337,21 +407,129 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0 if man["num_scenes"] > 0 else 1
 
 
+_BACKBONE_SPEC = re.compile(r"^(tiny|hunyuan:.+|python:[^:]+:[^:]+)$")
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    """Every item of a folder or list file, one output folder each (hoiguide.batch)."""
+    from hoiguide.batch import BatchError, parse_shard, run_batch
+    from hoiguide.phases import ScheduleError
+
+    try:
+        noise = _parse_noise(args.noise)
+        options = dict(_parse_option(o) for o in args.option)
+        pipeline_options = dict(_parse_option(o) for o in args.pipeline_option) or None
+        shard = parse_shard(args.shard)
+        if args.backbone is not None and not _BACKBONE_SPEC.match(args.backbone):
+            raise UsageError(f"--backbone: expected tiny, hunyuan:PATH_OR_REPO or "
+                             f"python:module:callable, got {args.backbone!r}")
+        for name in ("num_samples", "views", "max_attempts"):
+            if getattr(args, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')}: expected a positive integer, "
+                                 f"got {getattr(args, name)}")
+        if args.ray_workers is not None and args.ray_workers < 1:
+            raise UsageError(f"--ray-workers: expected a positive integer, got "
+                             f"{args.ray_workers}")
+        if args.ray_workers is not None and args.ray is None:
+            raise UsageError("--ray-workers: only with --ray")
+        summary = run_batch(args.input, args.out, shard=shard, ray_address=args.ray,
+                            ray_workers=args.ray_workers, preset=args.preset,
+                            seed=args.seed, backbone=args.backbone, models=args.models,
+                            options=options, noise=noise, num_samples=args.num_samples,
+                            device=args.device, object_name=args.object_name,
+                            pipeline_options=pipeline_options,
+                            turntable_views=args.views, overwrite=args.overwrite,
+                            max_attempts=args.max_attempts, progress=not args.quiet,
+                            command="hoiguide " + shlex.join(args.argv))
+    except (UsageError, BatchError, ScheduleError, FileNotFoundError) as exc:
+        log.error("%s", str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
+        return 2
+    except ImportError as exc:                  # --ray without Ray
+        log.error("%s", exc)
+        return 2
+    except ValueError as exc:                   # GuidanceOptions / PipelineOptions
+        log.error("--option: %s", str(exc).strip().splitlines()[0])
+        return 2
+    c = summary["counts"]
+    out = Path(args.out)
+    print(f"hoiguide batch: {c['ok']} ok, {c['failed']} failed, {c['skipped']} skipped "
+          f"(already done) of {c['total']}"
+          f"{' in shard ' + summary['shard'] if summary.get('shard') else ''}; "
+          f"{summary['seconds']:.1f} s")
+    print(f"wrote {out}/<item>/ and {out / 'batch_summary.json'}")
+    failed = [e for e in summary["items"] if e["status"] == "failed"]
+    for e in failed[:10]:
+        log.warning("failed: %s: %s", e["item"], e["reason"])
+    if len(failed) > 10:
+        log.warning("... and %d more (see %s)", len(failed) - 10, out / "batch_summary.json")
+    return 1 if failed else 0
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    """Serve the web demo (hoiguide.app) until interrupted."""
+    try:
+        from hoiguide.app import launch
+
+        if not 0 < args.port < 65536:
+            raise UsageError(f"--port: expected 1-65535, got {args.port}")
+        if args.backbone != "tiny" and not _BACKBONE_SPEC.match(args.backbone):
+            raise UsageError(f"--backbone: expected tiny, hunyuan:PATH_OR_REPO or "
+                             f"python:module:callable, got {args.backbone!r}")
+        print(f"hoiguide app: http://{args.host}:{args.port} (Ctrl-C to stop)")
+        launch(args.host, args.port, share=args.share == "yes", backbone=args.backbone,
+               models=args.models, workdir=args.out, default_preset=args.preset)
+    except UsageError as exc:
+        log.error("%s", exc)
+        return 2
+    except (ImportError, ValueError, OSError) as exc:
+        log.error("%s", exc)
+        return 2
+    return 0
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Wraps descriptions; keeps the examples (text starting with "examples:") as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("examples:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+def _verbosity_flags() -> argparse.ArgumentParser:
+    """-q/-v accepted after the subcommand too (without overriding the top-level ones)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="debug logging")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="warnings and errors only, no progress bars")
+    return common
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="hoiguide", description="Hand-held object reconstruction by guided flow sampling.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EXAMPLES, formatter_class=_Formatter)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
-    sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser(
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="warnings and errors only, no progress bars")
+    common = _verbosity_flags()
+    raw = _Formatter
+
+    def add(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], epilog=SUB_EXAMPLES[name],
+                              formatter_class=raw, **kw)
+
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    s = add(
         "demo", help="reconstruct a synthetic scene end to end: meshes, pictures, metrics",
         description="Make (or load) a synthetic hand-object scene, simulate the observers, run "
                     "guided reconstruction (default: the bundled tiny generator) and score it "
                     "against the ground truth (hand-aligned CD cm^2, F5, F10, IV cm^3). Writes "
-                    "OUT/object.glb|ply, hand.glb|ply, scene.glb, input.png, overlay.png, "
-                    "turntable.png, losses.png, history.json and result.json; a generated "
-                    "scene goes to OUT/scene/. Exit code 1 when the run failed.")
+                    "OUT/object.glb|ply|obj, hand.glb|ply|obj, scene.glb, input.png, "
+                    "overlay.png, turntable.png|gif, losses.png, report.html, history.json "
+                    "and result.json; a generated scene goes to OUT/scene/. Exit code 1 when "
+                    "the run failed.")
     s.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
     s.add_argument("--preset", default="fast",
                    help="phase schedule: preset name (fast, followmyhold, ...) or YAML path "
@@ -375,16 +553,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--views", type=int, default=8,
                    help="views in turntable.png (default 8)")
     s.set_defaults(func=cmd_demo)
-    s = sub.add_parser("smoke", help="run the geometric core end to end on an analytic object")
+    s = add("smoke", help="run the geometric core end to end on an analytic object")
     s.add_argument("--out", default="out/smoke", help="output folder (default: out/smoke)")
     s.add_argument("--resolution", type=int, default=96, help="iso-surface grid (default 96)")
     s.add_argument("--size", type=int, default=256, help="render size in pixels (default 256)")
     s.set_defaults(func=cmd_smoke)
-    s = sub.add_parser("schedule", help="show which steps each phase of a schedule covers")
+    s = add("schedule", help="show which steps each phase of a schedule covers")
     s.add_argument("schedule", help="preset name (e.g. followmyhold) or path to a YAML file")
     s.add_argument("--steps", type=int, default=None, help="number of flow steps")
     s.set_defaults(func=cmd_schedule)
-    s = sub.add_parser(
+    s = add(
         "bench", help="run presets on a scene set and tabulate the paper's metrics",
         description="Run every preset on every scene (hand-aligned protocol: CD cm^2, F5, "
                     "F10, IV cm^3, RR, seconds per scene). Writes OUT/<preset>/<scene>.json, "
@@ -411,7 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--save-meshes", action="store_true",
                    help="also write OUT/<preset>/<scene>/object.ply and hand.ply")
     s.set_defaults(func=cmd_bench)
-    s = sub.add_parser(
+    s = add(
         "synth", help="make synthetic hand-object scenes with ground truth",
         description="Grasp objects with the procedural hand, place a camera, render RGB, "
                     "masks (visible and amodal), depth, normals and keypoints. Writes "
@@ -429,7 +607,82 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_synth)
     from hoiguide.adapters.reconstruct_cli import add_reconstruct_parser
 
-    add_reconstruct_parser(sub)
+    s = add_reconstruct_parser(sub)
+    s.epilog, s.formatter_class = SUB_EXAMPLES["reconstruct"], raw
+    s.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="debug logging")
+    s.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                   help="warnings and errors only, no progress bars")
+
+    s = add("batch", help="reconstruct every image / scene folder of a folder or list file",
+            description="Every image file and scene folder of INPUT (a folder, or a list "
+                        "file with one path per line) is one item: scenes run the demo path "
+                        "(simulated observers, metrics against the ground truth), photos "
+                        "the photo path (--models). Each item is written to OUT/<item>/ "
+                        "atomically (a killed run leaves no half-written folder); "
+                        "OUT/<item>/result.json has status ok or failed with the reason; a "
+                        "failing item never stops the rest. Re-running skips finished "
+                        "items of the same configuration. OUT/batch_summary.json counts "
+                        "ok / failed / skipped. --shard i/n splits the sorted items over n "
+                        "processes (SLURM job arrays); --ray runs them on a Ray cluster, "
+                        "one worker per GPU (or CPU), models loaded once per worker. Put "
+                        "--ray after INPUT (or write --ray=ADDRESS).")
+    s.add_argument("input", help="a folder of images / scene folders, or a list file")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--shard", default=None, metavar="i/n",
+                   help="only items i, i+n, i+2n, ... (0 <= i < n) of the sorted list; "
+                        "'slurm' reads SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT")
+    s.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run the items on Ray (needs 'hoiguide[batch]'); no ADDRESS: "
+                        "$RAY_ADDRESS, a cluster on this machine or a new local one")
+    s.add_argument("--ray-workers", type=int, default=None, metavar="N",
+                   help="Ray worker actors (default: one per GPU, else one per CPU)")
+    s.add_argument("--preset", default="fast",
+                   help="preset name or YAML path (default: fast)")
+    s.add_argument("--seed", type=int, default=0, help="seed of every item (default 0)")
+    s.add_argument("--backbone", default=None,
+                   help="tiny, hunyuan:PATH_OR_REPO or python:module:callable (default: "
+                        "tiny for scenes, the models' generator for photos)")
+    s.add_argument("--models", default=None, metavar="FILE.yaml",
+                   help="photo models: a models YAML, 'offline' or 'default' (needed for "
+                        "image items only)")
+    s.add_argument("--object-name", default="object",
+                   help="what the hands hold (photos; default: object)")
+    s.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="guidance option (GuidanceOptions field); repeatable")
+    s.add_argument("--pipeline-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="image-chain option (PipelineOptions field); repeatable")
+    s.add_argument("--noise", default="default",
+                   help="observer noise of scenes: default, none or a number")
+    s.add_argument("--num-samples", type=int, default=10000,
+                   help="surface samples per mesh for the scene metrics (default 10000)")
+    s.add_argument("--device", default=None,
+                   help="torch device (default: cuda where a worker has one)")
+    s.add_argument("--views", type=int, default=8, help="turntable views (default 8)")
+    s.add_argument("--max-attempts", type=int, default=2,
+                   help="tries per item when its Ray worker dies (default 2)")
+    s.add_argument("--overwrite", action="store_true", help="run finished items again")
+    s.set_defaults(func=cmd_batch)
+
+    s = add("app", help="the web demo (Gradio): sample or photo -> 3D result in the browser",
+            description="Serve a web page: pick a synthetic sample (or upload a photo, with "
+                        "--models), choose a preset, run with visible progress, turn the 3D "
+                        "result around, see the overlay, turntable and loss curves, read "
+                        "the metrics and download the files. CPU, bundled tiny generator. "
+                        "Needs 'hoiguide[app]' (Gradio).")
+    s.add_argument("--host", default="127.0.0.1",
+                   help="interface to listen on (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    s.add_argument("--share", choices=("no", "yes"), default="no",
+                   help="a public gradio.live link (needs internet; default no)")
+    s.add_argument("--backbone", default="tiny",
+                   help="tiny (default), hunyuan:PATH_OR_REPO or python:module:callable")
+    s.add_argument("--models", default=None, metavar="FILE.yaml",
+                   help="models for uploaded photos (a models YAML, 'offline', 'default')")
+    s.add_argument("--preset", default="fast", help="preset selected at start (default fast)")
+    s.add_argument("--out", default=None,
+                   help="folder for the run folders (default: a temporary folder)")
+    s.set_defaults(func=cmd_app)
     return p
 
 
@@ -440,6 +693,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
     except (ValueError, FileNotFoundError, ImportError) as exc:
         log.error("%s", exc)
         return 1

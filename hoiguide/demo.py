@@ -4,11 +4,11 @@
 observers on it, runs :func:`hoiguide.guided_reconstruct` with the bundled tiny generator (or
 any backbone you pass), scores the result against the ground truth with the paper's
 hand-aligned protocol (as :func:`hoiguide.eval.run_benchmark` scores one scene) and writes,
-into ``out``::
+into ``out`` (with :func:`hoiguide.outputs.write_outputs`, as every reconstruction does)::
 
-    object.glb / object.ply     the object, image-aligned camera frame, metres (not written
+    object.glb / .ply / .obj    the object, image-aligned camera frame, metres (not written
                                 when the generator produced no surface)
-    hand.glb / hand.ply         the hand, same frame
+    hand.glb / .ply / .obj      the hand, same frame
     scene.glb                   both, coloured (hand skin-coloured, object blue)
     history.json                every loss term of every inner iteration
     input.png                   the input image
@@ -16,7 +16,10 @@ into ``out``::
     turntable.png               8 views orbiting hand + object about the camera's vertical
                                 axis: the reconstruction (aligned to the ground truth by the
                                 hand-aligned similarity) on top, the ground truth below
+    turntable.gif               the same views, animated
     losses.png                  total and main loss terms per inner iteration (matplotlib)
+    report.html                 all of it on one self-contained page (metrics, pictures,
+                                schedule, timings)
     result.json                 see :func:`run_demo`
     scene/                      the generated input scene (hoiguide-synth-scene format), when
                                 the demo generated it
@@ -49,9 +52,9 @@ never used here), so the demo needs no pybullet."""
 RESULT_KEYS = ("status", "cd_cm2", "f5", "f10", "iv_cm3", "seconds")
 """Keys ``result.json`` always has (metrics are ``null`` when the run failed)."""
 
-OUTPUT_FILES = ("object.glb", "object.ply", "hand.glb", "hand.ply", "scene.glb",
-                "history.json", "input.png", "overlay.png", "turntable.png", "losses.png",
-                "result.json")
+OUTPUT_FILES = ("object.glb", "object.ply", "object.obj", "hand.glb", "hand.ply", "hand.obj",
+                "scene.glb", "history.json", "input.png", "overlay.png", "turntable.png",
+                "turntable.gif", "losses.png", "report.html", "result.json")
 """Files :func:`run_demo` may write at the top of ``out`` (stale copies from an earlier run
 are removed first, so ``files`` in ``result.json`` lists exactly what this run wrote)."""
 
@@ -271,7 +274,6 @@ def run_demo(out: Union[str, Path] = "out/demo", *, preset: Any = "fast", seed: 
                            "path": str(scene_path) if scene_path is not None else None,
                            "generated": generated, "size": list(scene_obj.size)}
         lap("scene", t)
-        _save_png(out / "input.png", scene_obj.image)
 
         # ---- observations -----------------------------------------------------------------
         stage = "observe"
@@ -298,10 +300,6 @@ def run_demo(out: Union[str, Path] = "out/demo", *, preset: Any = "fast", seed: 
         summary.pop("status", None)
         result.update(summary)
         result["reconstruction_status"] = rec.status
-        stage = "save"
-        t = time.perf_counter()
-        rec.save(out)
-        lap("save", t)
 
         # ---- metrics (as the benchmark scores one scene) ------------------------------------
         stage = "metrics"
@@ -317,10 +315,10 @@ def run_demo(out: Union[str, Path] = "out/demo", *, preset: Any = "fast", seed: 
                                  scene_obj.object_mesh, num_samples=int(num_samples),
                                  seed=int(seed))
         lap("metrics", t)
-        metrics = {k: _finite(m[k]) for k, _, _ in METRICS}
+        metrics = {k: _finite(m.get(k)) for k, _, _ in METRICS}
         result.update(metrics)
         result["alignment"] = m["alignment"].to_dict()
-        bad = [k for k, v in metrics.items() if v is None]
+        bad = [k for k in ("cd_cm2", "f5", "f10", "iv_cm3") if metrics.get(k) is None]
         if bad:
             raise _Failed(f"non-finite metrics: {', '.join(bad)}")
         result.update(status="ok", phase=None, reason=None)
@@ -334,14 +332,16 @@ def run_demo(out: Union[str, Path] = "out/demo", *, preset: Any = "fast", seed: 
         else:
             log.warning("demo: failed (%s): %s", stage, reason)
 
-    # ---- pictures (whatever can be drawn, also after a failure) ----------------------------
+    # ---- meshes, pictures, report (whatever can be written, also after a failure) ---------
     t = time.perf_counter()
     if scene_obj is not None:
-        log.info("demo [5/5] drawing overlay.png, turntable.png, losses.png")
-        warnings += _pictures(out, scene_obj, rec, result, int(turntable_views), int(tile))
+        log.info("demo [5/5] writing the meshes, overlay.png, turntable.png/.gif, losses.png "
+                 "and report.html")
+        warnings += _write_files(out, scene_obj, rec, result, int(turntable_views), int(tile))
     lap("pictures", t)
     if warnings and result["status"] == "ok":
-        result.update(status="failed", phase="pictures", reason=warnings[0])
+        phase = "save" if warnings[0].startswith("meshes:") else "pictures"
+        result.update(status="failed", phase=phase, reason=warnings[0])
     result["warnings"] = warnings
     result["seconds_parts"] = parts
     result["seconds"] = time.perf_counter() - t_start
@@ -364,95 +364,26 @@ class _Failed(Exception):
     """A run that finished but is not a success (recorded without a traceback)."""
 
 
-def _save_png(path: Path, image: np.ndarray) -> None:
-    from PIL import Image
+def _write_files(out: Path, scene: Any, rec: Any, result: dict[str, Any], n_views: int,
+                 tile: int) -> list[str]:
+    """Meshes, pictures and report.html through :func:`hoiguide.outputs.write_outputs`;
+    returns what went wrong (``"meshes: ..."`` when the meshes could not be written, else
+    the pictures that could not be drawn). Sets ``result["losses_plot"]``."""
+    from hoiguide.outputs import write_outputs
 
-    Image.fromarray(np.asarray(image, np.uint8)).save(path)
-
-
-def _pictures(out: Path, scene: Any, rec: Any, result: dict[str, Any], n_views: int,
-              tile: int) -> list[str]:
-    """Write overlay.png, turntable.png and losses.png; return what went wrong (each picture
-    is tried on its own)."""
-    import torch
-
-    from hoiguide.api import HAND_COLOR, OBJECT_COLOR
-    from hoiguide.pictures import label, loss_plot, overlay, side_by_side, turntable, \
-        turntable_frame
-    from hoiguide.types import Similarity
-
-    problems: list[str] = []
-    colors = [HAND_COLOR[:3], OBJECT_COLOR[:3]]
-    pred = [rec.hand_mesh, rec.object_mesh] if rec is not None else None
-
-    def attempt(name: str, fn: Any) -> None:
-        try:
-            fn()
-        except Exception as exc:  # noqa: BLE001 -- reported in result.json
-            msg = f"{name}: {type(exc).__name__}: {exc}"
-            log.warning("demo: could not draw %s", msg, exc_info=exc)
-            problems.append(msg)
-
-    def draw_overlay() -> None:
-        left = label(scene.image, "input")
-        if pred is None:
-            right = label(scene.image, "no reconstruction")
-        else:
-            right = label(overlay(scene.image, pred, scene.camera, colors=colors),
-                          "reconstruction")
-        _save_png(out / "overlay.png", side_by_side([left, right]))
-
-    def draw_turntable() -> None:
-        gt = [scene.hand_mesh, scene.object_mesh]
-        center, radius = turntable_frame(gt)
-        rows = []
-        if pred is not None:
-            al = result.get("alignment")
-            if al is not None:
-                T = Similarity.from_dict(al)
-                shown = [m if m.is_empty else m.detach().to(dtype=torch.float64).transformed(T)
-                         for m in pred]
-                # frame both rows alike: wide enough for the aligned prediction too (up to
-                # 2.5x the ground truth, so a wild prediction does not shrink the truth away)
-                far = max((float(np.linalg.norm(m.vertices.numpy() - center, axis=1).max())
-                           for m in shown if not m.is_empty), default=0.0)
-                radius = min(max(radius, far), 2.5 * radius)
-                top = turntable(shown, scene.camera, n_views, tile, colors=colors,
-                                center=center, radius=radius)
-                tag = "reconstruction (hand-aligned to the ground truth)"
-            else:
-                top = turntable(pred, scene.camera, n_views, tile, colors=colors)
-                tag = "reconstruction (not aligned: no metrics)"
-            rows.append(label(top, tag))
-        bottom = turntable(gt, scene.camera, n_views, tile, colors=colors,
-                           center=center, radius=radius)
-        rows.append(label(bottom, "ground truth"))
-        gap = 4
-        strip = np.full((sum(r.shape[0] for r in rows) + gap * (len(rows) - 1),
-                         rows[0].shape[1], 3), 255, np.uint8)
-        y = 0
-        for r in rows:
-            strip[y:y + r.shape[0]] = r
-            y += r.shape[0] + gap
-        _save_png(out / "turntable.png", strip)
-
-    def draw_losses() -> None:
-        if rec is None:
-            result["losses_plot"] = "skipped: no reconstruction"
-            return
-        title = f"{result.get('preset')} on {scene.scene_id} ({result.get('backbone')})"
-        try:
-            loss_plot(rec.history, out / "losses.png", title=title)
-        except ImportError as exc:
-            log.warning("demo: losses.png skipped: %s", exc)
-            result["losses_plot"] = "skipped: matplotlib is not installed"
-            return
-        result["losses_plot"] = "written"
-
-    attempt("overlay.png", draw_overlay)
-    attempt("turntable.png", draw_turntable)
-    attempt("losses.png", draw_losses)
-    return problems
+    title = f"{result.get('preset')} on {scene.scene_id} ({result.get('backbone')})"
+    try:
+        written = write_outputs(out, rec, image=scene.image, camera=scene.camera,
+                                result=result, truth=[scene.hand_mesh, scene.object_mesh],
+                                title=title, turntable_views=n_views, turntable_size=tile,
+                                picture_max_side=None)
+    except Exception as exc:  # noqa: BLE001 -- reported in result.json
+        log.warning("demo: could not write the outputs", exc_info=exc)
+        return [f"meshes: {type(exc).__name__}: {exc}"]
+    skipped = written["skipped"].get("losses.png")
+    result["losses_plot"] = "written" if (out / "losses.png").is_file() else \
+        f"skipped: {skipped}" if skipped else "not written"
+    return list(written["warnings"])
 
 
 def headline(result: Mapping[str, Any]) -> str:

@@ -485,7 +485,7 @@ class MediaPipeHandEstimator:
                     "MediaPipeHandEstimator needs mediapipe's legacy `solutions.hands` with its "
                     "bundled hand models (mediapipe 0.10.21; newer wheels ship no hand "
                     "models). Install it with: pip install --no-deps mediapipe==0.10.21 "
-                    "absl-py attrs flatbuffers 'protobuf<5' sounddevice")
+                    "'hoiguide[mediapipe]' (what it imports; protobuf < 5)")
             self._hands = solutions.hands.Hands(
                 static_image_mode=True, max_num_hands=self.max_num_hands,
                 model_complexity=self.model_complexity,

@@ -19,9 +19,10 @@
    the crop's;
 6. **hand** (``hand``): the hand mesh in the crop's camera frame;
 7. **coarse** hand-object mesh: the generator's unguided sample on the union-masked crop
-   (RGBA) (:func:`hoiguide.guidance.sampler.sample` + ``latent_to_mesh``);
+   (RGBA) (:func:`hoiguide.guidance.sampler.sample` + ``latent_to_mesh``), and its sample of
+   the object image alone (for ICP c);
 8. **alignment**: :func:`hoiguide.alignment.build_observations` (partial points, target
-   maps, ICP a and ICP b).
+   maps, ICP a, ICP b and ICP c).
 
 Every failure is a :class:`PipelineError` with the ``stage`` and a short ``status``
 (``"no hand detected"``, ``"no object mask"``, ``"object touches the image border"``, ...).
@@ -65,9 +66,9 @@ RESULT_KIND = "hoiguide-reconstruct"
 """``result.json["kind"]`` of :func:`reconstruct_image` (an existing output folder with this
 marker may be replaced by a new run)."""
 
-OUTPUT_FILES = ("object.glb", "object.ply", "hand.glb", "hand.ply", "scene.glb",
-                "history.json", "input.png", "observations.png", "overlay.png",
-                "turntable.png", "losses.png", "result.json")
+OUTPUT_FILES = ("object.glb", "object.ply", "object.obj", "hand.glb", "hand.ply", "hand.obj",
+                "scene.glb", "history.json", "input.png", "observations.png", "overlay.png",
+                "turntable.png", "turntable.gif", "losses.png", "report.html", "result.json")
 """What :func:`reconstruct_image` may write (a failed run writes only ``result.json``)."""
 
 PICTURE_MAX_SIDE = 1024
@@ -759,6 +760,16 @@ def _chain(img: np.ndarray, img_info: dict[str, Any], mdl: Any, object_name: str
     if coarse.is_empty:
         raise PipelineError("coarse", "the generator's unguided sample of the hand-object crop "
                                       "has no surface", status="empty coarse mesh")
+    # the object alone, as guidance will generate it: ICP c places the object with it
+    coarse_object = None
+    if (opts.alignment is None or opts.alignment.object_icp == "object_sample"):
+        lat_o = st.run("coarse", sample, backbone, obj_img, num_steps=opts.coarse_steps,
+                       guidance_scale=opts.coarse_guidance_scale, seed=seed)
+        coarse_object = st.run("coarse", latent_to_mesh, backbone, lat_o, res)
+        info["coarse_object"] = {"vertices": coarse_object.num_vertices,
+                                 "faces": coarse_object.num_faces}
+        coarse_object = None if coarse_object.is_empty else coarse_object.to(
+            dtype=torch.float64)
 
     # 8. alignment -> observations ----------------------------------------------------------
     from hoiguide.alignment import build_observations
@@ -774,7 +785,8 @@ def _chain(img: np.ndarray, img_info: dict[str, Any], mdl: Any, object_name: str
                  hand_keypoints_3d=kp3 if kp3 is not None and kp3.shape == (21, 3) else None,
                  keypoints_2d=kp2 if kp2 is not None and kp2.shape == (21, 2) else None,
                  keypoint_confidence=kpc if kpc is not None and kpc.shape == (21,) else None,
-                 mask_object_amodal=amodal, options=opts.alignment, seed=seed, metadata=meta)
+                 mask_object_amodal=amodal, options=opts.alignment, seed=seed, metadata=meta,
+                 coarse_object=coarse_object)
     info["alignment"] = obs.metadata.get("alignment")
     log.info("pipeline: observations ready (%s)", ", ".join(
         f"{k} {v:.2f} s" for k, v in st.seconds.items()))
@@ -835,49 +847,12 @@ def _save_png(path: Path, image: np.ndarray) -> None:
     Image.fromarray(np.asarray(image, np.uint8)).save(path)
 
 
-def _picture_scale(img: np.ndarray, camera: Camera) -> tuple[np.ndarray, Camera]:
-    H, W = img.shape[:2]
-    k = min(1.0, PICTURE_MAX_SIDE / max(H, W))
-    if k >= 1.0:
-        return img, camera
-    from PIL import Image
-
-    w, h = max(1, round(W * k)), max(1, round(H * k))
-    small = np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
-    return small, camera.resized(w, h)
-
-
-def _pictures(tmp: Path, img: np.ndarray, cam_full: Camera, rec: Any, obs: Any,
-              title: str, turntable: tuple[int, int] = (8, 160)) -> list[str]:
-    """input.png, observations.png, overlay.png, turntable.png, losses.png (each tried on
-    its own; returns what could not be drawn)."""
-    problems: list[str] = []
-    small, cam_small = _picture_scale(img, cam_full)
-    _save_png(tmp / "input.png", small)
+def _observations_picture(tmp: Path, obs: Any) -> list[str]:
+    """observations.png: the crop, its masks and the object image (returns what went
+    wrong)."""
     try:
         import hoiguide.pictures as pics
-    except ImportError as exc:
-        return [f"pictures: hoiguide.pictures is not available ({exc})"]
-    from hoiguide.api import HAND_COLOR, OBJECT_COLOR
 
-    colors = [HAND_COLOR[:3], OBJECT_COLOR[:3]]
-    meshes = [rec.hand_mesh, rec.object_mesh]
-
-    def attempt(name: str, fn: Any) -> None:
-        try:
-            fn()
-        except ImportError as exc:
-            problems.append(f"{name}: skipped ({exc})")
-        except Exception as exc:  # noqa: BLE001 -- reported in result.json
-            log.warning("reconstruct: could not draw %s", name, exc_info=exc)
-            problems.append(f"{name}: {type(exc).__name__}: {exc}")
-
-    def draw_overlay() -> None:
-        over = pics.overlay(small, meshes, cam_small, colors=colors)
-        _save_png(tmp / "overlay.png", pics.side_by_side([pics.label(small, "input"),
-                                                          pics.label(over, "reconstruction")]))
-
-    def draw_observations() -> None:
         crop = np.asarray(obs.image)
         S = crop.shape[0]
         tint = crop.astype(np.float64).copy()
@@ -894,19 +869,12 @@ def _pictures(tmp: Path, img: np.ndarray, cam_full: Camera, rec: Any, obs: Any,
         _save_png(tmp / "observations.png", pics.side_by_side([
             pics.label(crop, "crop"), pics.label(tint.astype(np.uint8), "masks"),
             pics.label(oi, "object image")]))
-
-    def draw_turntable() -> None:
-        _save_png(tmp / "turntable.png", pics.turntable(meshes, cam_full, turntable[0],
-                                                        turntable[1], colors=colors))
-
-    def draw_losses() -> None:
-        pics.loss_plot(rec.history, tmp / "losses.png", title=title)
-
-    attempt("observations.png", draw_observations)
-    attempt("overlay.png", draw_overlay)
-    attempt("turntable.png", draw_turntable)
-    attempt("losses.png", draw_losses)
-    return problems
+    except ImportError as exc:
+        return [f"observations.png: skipped ({exc})"]
+    except Exception as exc:  # noqa: BLE001 -- reported in result.json
+        log.warning("reconstruct: could not draw observations.png", exc_info=exc)
+        return [f"observations.png: {type(exc).__name__}: {exc}"]
+    return []
 
 
 def reconstruct_image(image: Any, out_dir: Union[str, Path], *, models: Any = None,
@@ -919,17 +887,18 @@ def reconstruct_image(image: Any, out_dir: Union[str, Path], *, models: Any = No
     """Reconstruct the hand and the object it holds from one photo and write the results.
 
     Writes, into ``out_dir`` (the same files as ``hoiguide demo`` minus the ground-truth
-    metrics)::
+    metrics, through :func:`hoiguide.outputs.write_outputs`)::
 
-        object.glb / object.ply     the object, the PHOTO's camera frame (OpenCV: +x right,
-        hand.glb / hand.ply         +y down, +z forward), metres (mirrored back for a left
+        object.glb / .ply / .obj    the object, the PHOTO's camera frame (OpenCV: +x right,
+        hand.glb / .ply / .obj      +y down, +z forward), metres (mirrored back for a left
         scene.glb                   hand); scene.glb holds both, coloured
         history.json                every loss term of every inner iteration
         input.png                   the photo as read (EXIF orientation applied)
         observations.png            the crop, its masks and the object image
         overlay.png                 photo | reconstruction rendered over it
-        turntable.png               8 views orbiting the reconstruction
+        turntable.png / .gif        8 views orbiting the reconstruction (strip, animation)
         losses.png                  loss curves (needs matplotlib)
+        report.html                 everything on one self-contained page
         result.json                 see below
 
     Everything is written into a temporary sibling folder that is renamed to ``out_dir`` at
@@ -1044,13 +1013,20 @@ def reconstruct_image(image: Any, out_dir: Union[str, Path], *, models: Any = No
                                                    f"status {rec.status!r}", status=rec.status)
             stage = "save"
             t = time.perf_counter()
-            rec.save(tmp)
+            result.update(status="ok", stage=None, reason=None)
             if pictures:
-                warn += _pictures(tmp, img, cam_full, rec, obs,
-                                  f"{sched.name} on {Path(str(img_info.get('source'))).name}",
-                                  (int(turntable_views), int(turntable_size)))
+                warn += _observations_picture(tmp, obs)
+            from hoiguide.outputs import write_outputs
+
+            written = write_outputs(
+                tmp, rec, image=img, camera=cam_full, result=result, pictures=pictures,
+                title=f"{sched.name} on {Path(str(img_info.get('source'))).name}",
+                turntable_views=int(turntable_views), turntable_size=int(turntable_size),
+                picture_max_side=PICTURE_MAX_SIDE)
+            warn += written["warnings"]
+            warn += [f"{name}: skipped ({why})" for name, why in written["skipped"].items()]
             parts["save"] = time.perf_counter() - t
-            result.update(status="ok", stage=None, reason=None, warnings=warn)
+            result.update(warnings=warn)
         except PipelineError as exc:
             result.update(status=exc.status, stage=exc.stage, reason=exc.message)
             if exc.__cause__ is not None:
