@@ -154,11 +154,11 @@ def run_demo(out: Union[str, Path] = "out/demo", *, preset: Any = "fast", seed: 
              backbone_name: Optional[str] = None) -> dict[str, Any]:
     """Reconstruct one synthetic scene end to end and write meshes, pictures and metrics.
 
-    The observations come from :func:`hoiguide.synth.simulate_observations` with
-    ``backbone=None``: its coarse hand-object mesh (used to place the generator's frame in
-    the image) is noisy ground-truth geometry rather than the generator's own sample of the
-    hand and object together, because the tiny generator never saw hands. Everything else
-    (masks, depth, hand, inpainted object image) is simulated with noise ``noise``.
+    The observations come from :func:`hoiguide.synth.simulate_observations` with the
+    backbone, as in the benchmark: masks, depth, hand and the inpainted object image are
+    simulated with noise ``noise``; the generator's own samples of the hand-object crop and
+    of the object image are registered to the partial points (ICP a, ICP c) to place the
+    generator's frame in the image, exactly as for a photo.
 
     Args:
         out: output folder (created); see the module docstring for what is written.
@@ -281,7 +281,7 @@ def run_demo(out: Union[str, Path] = "out/demo", *, preset: Any = "fast", seed: 
         log.info("demo [2/5] simulating the observers (noise %s)", noise)
         from hoiguide.synth.observers import simulate_observations
 
-        obs = simulate_observations(scene_obj, backbone=None, noise=noise, seed=int(seed))
+        obs = simulate_observations(scene_obj, backbone=backbone, noise=noise, seed=int(seed))
         lap("observe", t)
 
         # ---- reconstruction -----------------------------------------------------------------
@@ -313,7 +313,9 @@ def run_demo(out: Union[str, Path] = "out/demo", *, preset: Any = "fast", seed: 
 
         m = hand_aligned_metrics(rec.hand_mesh, rec.object_mesh, scene_obj.hand_mesh,
                                  scene_obj.object_mesh, num_samples=int(num_samples),
-                                 seed=int(seed))
+                                 seed=int(seed), camera=scene_obj.camera,
+                                 depth=scene_obj.depth)
+        m["components"] = rec.counters.get("components")
         lap("metrics", t)
         metrics = {k: _finite(m.get(k)) for k, _, _ in METRICS}
         result.update(metrics)

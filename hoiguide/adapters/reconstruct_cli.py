@@ -2,9 +2,9 @@
 
 Runs :func:`hoiguide.adapters.pipeline.reconstruct_image`: the foundation-model chain named
 by the models file (:mod:`hoiguide.adapters.models`; default: the reference's models), the
-guided reconstruction, and writes ``DIR/object.glb|ply``, ``hand.glb|ply``, ``scene.glb``,
-``history.json``, ``input.png``, ``observations.png``, ``overlay.png``, ``turntable.png``,
-``losses.png`` and ``result.json`` (the same files as ``hoiguide demo`` minus the
+guided reconstruction, and writes ``DIR/object.glb|ply|obj``, ``hand.glb|ply|obj``,
+``scene.glb``, ``history.json``, ``input.png``, ``observations.png``, ``overlay.png``,
+``turntable.png|gif``, ``losses.png``, ``report.html`` and ``result.json`` (the same files as ``hoiguide demo`` minus the
 ground-truth metrics). Meshes are in the photo's OpenCV camera frame, metres.
 
 Exit codes: 0 the reconstruction succeeded; 1 it failed (``DIR/result.json`` holds only the
@@ -31,9 +31,9 @@ log = logging.getLogger("hoiguide")
 DESCRIPTION = (
     "Reconstruct the hand and the object it holds from one RGB photo: detection and "
     "segmentation, crop, inpainting, monocular geometry, hand recovery, the generator's coarse "
-    "hand-object mesh, alignment (two ICPs), then guided generation. Writes OUT/object.glb|ply, "
-    "hand.glb|ply, scene.glb, history.json, input.png, observations.png, overlay.png, "
-    "turntable.png, losses.png and result.json (meshes in the photo's camera frame, metres). "
+    "hand-object mesh, alignment (three ICPs), then guided generation. Writes "
+    "OUT/object.glb|ply|obj, hand.glb|ply|obj, scene.glb, history.json, input.png, "
+    "observations.png, overlay.png, turntable.png|gif, losses.png, report.html and result.json (meshes in the photo's camera frame, metres). "
     "Exit code 0: ok; 1: the reconstruction failed (OUT/result.json says where and why, no "
     "other file is written); 2: bad arguments, unreadable image, invalid models file or a "
     "model that cannot be loaded (nothing written).")
