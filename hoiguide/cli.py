@@ -531,9 +531,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "and result.json; a generated scene goes to OUT/scene/. Exit code 1 when "
                     "the run failed.")
     s.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
-    s.add_argument("--preset", default="fast",
-                   help="phase schedule: preset name (fast, followmyhold, ...) or YAML path "
-                        "(default: fast)")
+    s.add_argument("--preset", default="fast_posthoc_fit",
+                   help="phase schedule: preset name (fast_posthoc_fit, fast, followmyhold, "
+                        "...) or YAML path (default: fast_posthoc_fit, the best on the "
+                        "bundled generator; fast: guidance in the loop)")
     s.add_argument("--seed", type=int, default=0,
                    help="seed of the scene, the observers and the flow (default 0)")
     s.add_argument("--scene", default=None,
@@ -637,8 +638,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "$RAY_ADDRESS, a cluster on this machine or a new local one")
     s.add_argument("--ray-workers", type=int, default=None, metavar="N",
                    help="Ray worker actors (default: one per GPU, else one per CPU)")
-    s.add_argument("--preset", default="fast",
-                   help="preset name or YAML path (default: fast)")
+    s.add_argument("--preset", default="fast_posthoc_fit",
+                   help="preset name or YAML path (default: fast_posthoc_fit)")
     s.add_argument("--seed", type=int, default=0, help="seed of every item (default 0)")
     s.add_argument("--backbone", default=None,
                    help="tiny, hunyuan:PATH_OR_REPO or python:module:callable (default: "
@@ -679,7 +680,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tiny (default), hunyuan:PATH_OR_REPO or python:module:callable")
     s.add_argument("--models", default=None, metavar="FILE.yaml",
                    help="models for uploaded photos (a models YAML, 'offline', 'default')")
-    s.add_argument("--preset", default="fast", help="preset selected at start (default fast)")
+    s.add_argument("--preset", default="fast_posthoc_fit",
+                   help="preset selected at start (default fast_posthoc_fit)")
     s.add_argument("--out", default=None,
                    help="folder for the run folders (default: a temporary folder)")
     s.set_defaults(func=cmd_app)

@@ -19,7 +19,7 @@ import torch
 from analytic_backbone import GaussianGridBackbone
 from hoiguide.cli import main
 import hoiguide.demo
-from hoiguide.demo import OUTPUT_FILES, RESULT_KEYS, run_demo
+from hoiguide.demo import DEMO_PRESET, OUTPUT_FILES, RESULT_KEYS, run_demo
 from hoiguide.synth.observers import simulate_observations as _REAL_SIMULATE
 
 OPTIONS = {"num_steps": 2, "max_iterations": 1, "grid_resolution": 12, "render_size": 24,
@@ -132,9 +132,11 @@ def test_demo_writes_every_file_and_the_result(demo_run, synth_scene):
                                              "pictures"}
     # Reconstruction.summary() is part of it
     assert on_disk["reconstruction_status"] == "ok"
-    assert on_disk["schedule"]["name"] == "fast" and on_disk["schedule"]["num_steps"] == 2
+    # the default preset: the benchmark's best on the bundled generator
+    assert on_disk["schedule"]["name"] == DEMO_PRESET == "fast_posthoc_fit"
+    assert on_disk["schedule"]["num_steps"] == 2
     assert on_disk["counters"]["iterations"] >= 1
-    assert on_disk["preset"] == "fast"
+    assert on_disk["preset"] == "fast_posthoc_fit"
     assert on_disk["backbone"] == "analytic_backbone.GaussianGridBackbone"
     assert on_disk["scene"] == {"id": synth_scene.scene_id, "path": None, "generated": False,
                                 "object_source": synth_scene.object_source, "size": [96, 96]}
@@ -282,7 +284,7 @@ def test_cli_demo_with_a_scene_folder(tmp_path, scene_dir, cached_observer, caps
     printed = capsys.readouterr().out
     assert "status ok" in printed and "CD " in printed and str(out) in printed
     r = json.loads((out / "result.json").read_text())
-    assert r["status"] == "ok" and r["backbone"] == spec and r["preset"] == "fast"
+    assert r["status"] == "ok" and r["backbone"] == spec and r["preset"] == "fast_posthoc_fit"
     assert r["scene"]["path"] == str(scene_dir) and r["scene"]["generated"] is False
     assert r["seed"] == 3 and r["noise"] == 0.5
     assert cached_observer[0]["seed"] == 3 and cached_observer[0]["noise"] == 0.5
