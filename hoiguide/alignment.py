@@ -104,7 +104,8 @@ class AlignmentOptions:
             the object takes the hand-object mesh's transform of ICP a. A generator
             normalises every shape to its box, so the hand-object sample and the object-alone
             sample have different scales: with ICP a's transform the object comes out 1.4-3.2x
-            too large on our development scenes (see ``docs/tiny-generator.md``).
+            too large on our first 8 development scenes, and 0.65-2.0x (6 of 8 within 10 %) with
+            ICP c (``benchmarks/tuning/README.md``).
         object_min_points: fewer partial object points than this -> ICP c is skipped (logged)
             and ICP a's transform is kept.
     """

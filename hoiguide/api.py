@@ -111,40 +111,18 @@ class Reconstruction:
         ``hand.ply``, ``scene.glb`` (hand and object coloured), ``result.json`` (see
         :meth:`summary`) and ``history.json`` (every inner iteration) into ``directory``
         (created). Meshes are in the image-aligned frame, metres. Returns the directory."""
-        import trimesh
+        from hoiguide.outputs import write_meshes
 
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        parts = []
-        for name, mesh, color in (("hand", self.hand_mesh, HAND_COLOR),
-                                  ("object", self.object_mesh, OBJECT_COLOR)):
-            if mesh.is_empty:
-                log.warning("Reconstruction.save: the %s mesh is empty; no %s.glb/.ply written",
-                            name, name)
-                continue
-            colored = Mesh(mesh.vertices.detach().cpu(), mesh.faces.cpu(),
-                           torch.tensor(color).expand(mesh.num_vertices, 4).clone())
-            colored.export(out / f"{name}.glb")
-            colored.export(out / f"{name}.ply")
-            parts.append((name, colored.to_trimesh()))
-        scene = trimesh.Scene()
-        for name, tm in parts:
-            scene.add_geometry(tm, node_name=name, geom_name=name)
-        if parts:
-            scene.export(str(out / "scene.glb"), file_type="glb")
+        write_meshes(out, self, suffixes=("glb", "ply"))
         (out / "result.json").write_text(json.dumps(self.summary(), indent=2, default=str))
-        hist = self.history.to_list() if hasattr(self.history, "to_list") else []
-        (out / "history.json").write_text(json.dumps(hist, default=_json_float))
         return out
 
     def __repr__(self) -> str:
         return (f"Reconstruction(status={self.status!r}, object={self.object_mesh!r}, "
                 f"hand={self.hand_mesh!r}, schedule={self.schedule.get('name')!r}, "
                 f"seed={self.seed}, iterations={self.counters.get('iterations')})")
-
-
-def _json_float(x: Any) -> Any:
-    return str(x)
 
 
 def guided_reconstruct(image: Any = None, *, observations: Optional[Observations] = None,

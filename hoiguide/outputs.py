@@ -37,7 +37,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-__all__ = ["write_outputs", "OUTPUT_FILES", "MESH_FILES", "PICTURE_FILES"]
+__all__ = ["write_outputs", "write_meshes", "OUTPUT_FILES", "MESH_FILES", "PICTURE_FILES"]
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def write_outputs(out: Union[str, Path], reconstruction: Any = None, *,
     skipped: dict[str, str] = {}
 
     if rec is not None and meshes:
-        _write_meshes(out, rec)
+        write_meshes(out, rec)
     if pictures:
         _draw_pictures(out, rec, img, camera, res, truth, truth_alignment, title,
                        int(turntable_views), int(turntable_size), picture_max_side,
@@ -179,8 +179,13 @@ def write_outputs(out: Union[str, Path], reconstruction: Any = None, *,
 # --------------------------------------------------------------------------------------
 
 
-def _write_meshes(out: Path, rec: Any) -> None:
-    """object/hand .glb/.ply/.obj (vertex colours), scene.glb, history.json."""
+def write_meshes(out: Path, rec: Any, suffixes: tuple[str, ...] = ("glb", "ply", "obj")
+                 ) -> None:
+    """Write ``object.<suffix>`` / ``hand.<suffix>`` for each suffix (vertex colours; a mesh
+    that is empty is skipped with a warning), ``scene.glb`` (both) and ``history.json`` of a
+    :class:`hoiguide.Reconstruction` into the existing folder ``out``; stale files of those
+    names are removed first. Meshes stay in the reconstruction's frame (image-aligned camera
+    frame, metres)."""
     import torch
     import trimesh
 
@@ -190,17 +195,17 @@ def _write_meshes(out: Path, rec: Any) -> None:
     parts = []
     for name, mesh, color in (("hand", rec.hand_mesh, HAND_COLOR),
                               ("object", rec.object_mesh, OBJECT_COLOR)):
-        for suffix in ("glb", "ply", "obj"):
+        for suffix in suffixes:
             stale = out / f"{name}.{suffix}"
             if stale.is_file():
                 stale.unlink()
         if mesh.is_empty:
-            log.warning("write_outputs: the %s mesh is empty; no %s.glb/.ply/.obj written",
-                        name, name)
+            log.warning("write_meshes: the %s mesh is empty; no %s.%s written", name, name,
+                        "/.".join(suffixes))
             continue
         colored = Mesh(mesh.vertices.detach().cpu(), mesh.faces.cpu(),
                        torch.tensor(color).expand(mesh.num_vertices, 4).clone())
-        for suffix in ("glb", "ply", "obj"):
+        for suffix in suffixes:
             colored.export(out / f"{name}.{suffix}")
         parts.append((name, colored.to_trimesh()))
     scene_path = out / "scene.glb"

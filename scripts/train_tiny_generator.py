@@ -999,7 +999,7 @@ def make_figures(a: argparse.Namespace, bb, data, sa) -> None:
     cv = curves.get("a_val", [])
     ax[0].plot([c["step"] for c in cv], [c["ema_loss"] for c in cv],
                label="val shapes (decoder frozen)")
-    ax[0].set_title("stage A: auto-decoding, L1 on truncated SDF")
+    ax[0].set_title(f"stage A ({getattr(a, 'a_mode', 'encoder')}), L1 on truncated SDF")
     ax[0].set_xlabel("step")
     ax[0].set_yscale("log")
     ax[0].legend()
