@@ -535,6 +535,16 @@ class _Stages:
 
 
 # ---------------------------------------------------------------------- the chain
+def _check_call(object_name: Any, seed: Any, left_hand: Any) -> None:
+    """The arguments :func:`observations_from_image` and :func:`reconstruct_image` share."""
+    if not isinstance(object_name, str) or not object_name.strip():
+        raise ValueError(f"object_name: expected a non-empty string, got {object_name!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed: expected an integer, got {seed!r}")
+    if left_hand not in (None, True, False):
+        raise TypeError(f"left_hand: expected True, False or None, got {left_hand!r}")
+
+
 def observations_from_image(image: Any, models: Any, *, object_name: str = "object",
                             camera: Any = None, seed: int = 0,
                             left_hand: Optional[bool] = None,
@@ -578,12 +588,7 @@ def observations_from_image(image: Any, models: Any, *, object_name: str = "obje
     if options is None:
         options = mdl.pipeline_options or None
     opts = PipelineOptions.coerce(options)
-    if not isinstance(object_name, str) or not object_name.strip():
-        raise ValueError(f"object_name: expected a non-empty string, got {object_name!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed: expected an integer, got {seed!r}")
-    if left_hand not in (None, True, False):
-        raise TypeError(f"left_hand: expected True, False or None, got {left_hand!r}")
+    _check_call(object_name, seed, left_hand)
     img, img_info = load_image(image, max_megapixels=opts.max_megapixels)
     H, W = img.shape[:2]
     if camera is not None:
@@ -951,12 +956,7 @@ def reconstruct_image(image: Any, out_dir: Union[str, Path], *, models: Any = No
     opts = PipelineOptions.coerce(options)
     sched = load_schedule(schedule)
     gopts = GuidanceOptions.coerce(guidance_options)
-    if not isinstance(object_name, str) or not object_name.strip():
-        raise ValueError(f"object_name: expected a non-empty string, got {object_name!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed: expected an integer, got {seed!r}")
-    if left_hand not in (None, True, False):
-        raise TypeError(f"left_hand: expected True, False or None, got {left_hand!r}")
+    _check_call(object_name, seed, left_hand)
     for name, v, lo in (("turntable_views", turntable_views, 1),
                         ("turntable_size", turntable_size, 8)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
