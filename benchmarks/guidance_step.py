@@ -62,7 +62,7 @@ def run(backbone_name: str, grid: int, size: int, iterations: int, device: str) 
                   file=sys.stderr)
     if bb is None:
         bb = GaussianGridBackbone()
-        used = "analytic (tests/analytic_backbone.py)"
+        used = "analytic (hoiguide.testing)"
     opts = {"grid_resolution": grid, "render_size": size, "final_resolution": 17}
     # warm-up (kernel compilation, caches)
     GuidedSampler(bb, _schedule(1), opts).run(scene.observations, progress=False)

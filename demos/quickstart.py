@@ -42,7 +42,7 @@ observations = simulate_observations(scene, seed=args.seed)
 if args.backbone == "tiny":
     backbone = hoiguide.backbones.tiny()
 else:
-    from hoiguide.cli import load_backbone  # parses "python:module:callable"
+    from hoiguide.backbones import load_backbone  # parses "python:module:callable"
     backbone = load_backbone(args.backbone)
 
 # 4. Guided sampling with the `fast` phase schedule.

@@ -13,11 +13,11 @@ __version__ = "0.1.0"
 # public name -> module that defines it (imported on first use)
 _LAZY = {
     "guided_reconstruct": "hoiguide.api",
-    "Reconstruction": "hoiguide.api",
+    "Reconstruction": "hoiguide.result",
     "load_schedule": "hoiguide.phases.schema",
     "ScheduleError": "hoiguide.phases.schema",
     "FlowBackbone": "hoiguide.backbones.base",
-    "GuidanceOptions": "hoiguide.guidance.engine",
+    "GuidanceOptions": "hoiguide.guidance.records",
 }
 
 __all__ = sorted(["Camera", "Mesh", "Observations", "Similarity", "SimilarityParams",

@@ -1,4 +1,4 @@
-"""Bring the foundation models' outputs into one image-aligned frame (REFERENCE.md section 1,
+"""Bring the foundation models' outputs into one image-aligned frame (docs/method.md section 1,
 steps 4, 7 and 8) and assemble :class:`~hoiguide.types.Observations`.
 
 The same code serves the real adapters and the simulated observers of :mod:`hoiguide.synth`:

@@ -1,59 +1,77 @@
 #!/usr/bin/env python
-"""Train the tiny Hunyuan3D-2-architecture generator bundled as ``hoiguide.backbones.tiny()``.
+"""Train the tiny Hunyuan3D-2-architecture generator bundled with hoiguide.
 
-Reproduces ``hoiguide/backbones/weights/tiny/`` (``config.yaml`` + ``model.safetensors``) from a
-seed, on a CPU. The model is made of hy3dgen 2.0.2's own classes at a tiny size (Hunyuan3DDiT,
-ShapeVAE decoder, DINOv2 ``SingleImageEncoder``), so it loads through the same
+Produces a weights folder (``config.yaml`` + ``model.safetensors`` + ``training_objects.json``)
+from a seed, on a CPU. The model is made of hy3dgen 2.0.2's own classes at a tiny size
+(Hunyuan3DDiT, ShapeVAE decoder, DINOv2 ``SingleImageEncoder``), so it loads through the same
 ``HunyuanBackbone.from_pretrained`` code path as the real Hunyuan3D-2.
+
+**Generator frame (view-aligned).** A sample is the object as seen from the input image's
+camera: its axes are the camera's (OpenCV: +x right, +y down, +z forward) up to the
+processor's recentring, bounding-box centre at the origin, longest side 1.8
+(``hoiguide.synth.generate.GEN_BOX_SIDE``). For view ``v`` of a shape with object-to-camera
+rotation ``R_v`` this is ``gen_v(p) = s_v (R_v p - c_v)`` of the canonical generator frame
+``p`` (the object's own frame, centred, longest side 1.8), with ``c_v`` and ``s_v`` from the
+rotated bounding box. (The first bundled generator used the object's own frame: for an unseen
+object the image cannot tell which of its axes is which, and the samples averaged over them.)
 
 Stages (each resumable, intermediate files in ``--work``, default ``/tmp/tiny_work``):
 
 ``data``
-    Training and validation shapes: every procedural kind (``--proc-train`` / ``--proc-val``
-    random instances each) and ``pybullet_data`` ``random_urdfs`` 000-599 (train) and 600-699
-    (validation), broken indices skipped. Evaluation objects (``random_urdfs`` 700-999 and the
-    named objects) are never touched. Each shape is put in the **generator frame** (its own
-    object frame, bounding-box centre at the origin, longest side 1.8 =
-    ``hoiguide.synth.generate.GEN_BOX_SIDE``), then gets: 8192 SDF samples (half near the
-    surface, half uniform in the decode box; sign by winding number) with the target
-    ``clamp(-sdf / 0.1, -1, 1)`` (positive inside, like hy3dgen's occupancy logits), 4096
-    surface points (Chamfer) and ``--views`` conditioning images. An image is rendered from a
-    random viewpoint (image "up" = the object's -y, as ``hoiguide.synth.cameras.place_camera``
-    does: half of the views egocentric-like from above, half from any direction) with a random
-    material and lighting (``hoiguide.synth.appearance``); for ``--occluded`` of them a
-    rendered ``ProceduralHand`` silhouette is laid over the object first. Then the inference-time
+    Training and validation shapes (:func:`shape_list`): the procedural families of
+    ``hoiguide.synth.objects`` (``--fam-train`` instances per family from the training seeds,
+    ``--fam-val`` from the validation seeds, e.g. ``procedural:mug@10000``) and
+    ``pybullet_data`` ``random_urdfs`` 000-599 (train) and 600-699 (validation), broken
+    indices skipped. Evaluation objects (``random_urdfs`` 700-999, the named objects,
+    procedural evaluation seeds) are never listed. Per shape, in the canonical generator
+    frame: 8192 SDF samples (half near the surface, half uniform in ``[-1.2, 1.2]^3``; sign by
+    winding number), 4096 surface points, the convex hull, and ``--views`` conditioning views
+    (2 for validation shapes: one clean, one hand-occluded). A view is rendered from a random
+    viewpoint (image "up" = the object's -y, as ``hoiguide.synth.cameras.place_camera`` does:
+    half egocentric-like from above, half from any direction) with a random material and
+    light (``hoiguide.synth.appearance``); for ``--occluded`` % of them a rendered
+    ``ProceduralHand`` silhouette is laid over the object first, then the inference-time
     inpainting observer ``hoiguide.synth.observers.inpaint_object`` (OpenCV Telea on the hand
-    region, cut out with the amodal mask, white background, square crop) and hy3dgen's
-    ``ImageProcessorV2`` make the exact kind of image the generator sees at inference.
+    region, cut out with the amodal mask, white background, square crop) makes the RGBA crop
+    that hy3dgen's ``ImageProcessorV2`` turns into the generator's input (at
+    ``--image-size``, cached per size).
 
 ``a``
-    Auto-decoding: one learned latent (num_latents x channels) per training shape, initialised
-    with std 0.01 and normalised to unit std in the forward pass (noise of std 0.1 added
-    during training so the decoder tolerates imperfect samples), jointly with the ShapeVAE
-    decoder (post-KL linear, transformer, geometry cross-attention decoder); L1 loss on the
-    truncated SDF target. Then the latents of the validation shapes are fitted with the decoder
-    frozen (only used for validation curves and as a reconstruction upper bound).
+    A point-cloud encoder (training only) and the ShapeVAE decoder, trained jointly with an L1
+    loss on the truncated SDF ``clamp(-sdf / 0.1, -1, 1)`` (positive inside, like hy3dgen's
+    logits), each shape under a random rotation per step (half a uniform random rotation,
+    half one of its views' rotations, re-normalised to the view-aligned frame; points of the
+    decode box outside the sampled region count as far outside); latents normalised to unit
+    std, noise added during training. Then every (shape, view) pair is encoded: the flow
+    model's targets.
 
 ``b``
-    Flow matching on the normalised latents with hy3dgen's convention (sigma 0 = noise, 1 =
-    data; x_sigma = (1 - sigma) eps + sigma x1; velocity target x1 - eps; the DiT receives
-    ``t = sigma``), conditioned on the images through the DINOv2 conditioner trained jointly
-    from scratch; 10 % of the conditions are replaced by ``conditioner.unconditional_embedding``
-    (all zeros) for classifier-free guidance. EMA of the weights is exported.
+    Flow matching on those latents with hy3dgen's convention (sigma 0 = noise, 1 = data;
+    x_sigma = (1 - sigma) eps + sigma x1; velocity target x1 - eps; the DiT receives
+    ``t = sigma``), conditioned on the view's image through the DINOv2 conditioner trained
+    jointly from scratch; 10 % of the conditions are replaced by the unconditional (all-zero)
+    embedding for classifier-free guidance; optional auxiliary loss (``--aux``): a
+    training-only linear head regresses the target latent from the mean conditioner token.
+    The EMA of the weights is exported. Checkpoints every 1000 steps; ``--steps-b`` can be
+    raised and the stage re-run to continue.
 
 ``eval``
-    Unguided samples (``hoiguide.guidance.sampler.sample`` + ``latent_to_mesh``) for every
-    validation shape, Chamfer distance to the true shape in the normalised box, against (a) a
-    random training shape and (b) the sample from another shape's image; a contact sheet and
-    training curves in ``docs/images/``.
+    Unguided samples (``hoiguide.guidance.sampler.sample`` + ``latent_to_mesh``) from a clean
+    and an occluded-inpainted view of every validation shape, Chamfer distance to the true
+    shape in that view's generator frame, against (a) a random training shape and (b) the
+    sample from another validation shape's image; per family; a contact sheet and training
+    curves in ``docs/images/`` (``--fig-prefix``).
 
 ``export``
-    ``HunyuanBackbone.save_pretrained`` -> ``hoiguide/backbones/weights/tiny/``.
+    ``HunyuanBackbone.save_pretrained`` -> ``--out`` (a new folder; the bundled
+    ``weights/tiny`` is only replaced on purpose), plus ``training_objects.json``: every
+    object spec used for training and for validation, so a benchmark can refuse them.
 
 Usage::
 
-    .venv/bin/python scripts/train_tiny_generator.py --stage all            # everything
-    .venv/bin/python scripts/train_tiny_generator.py --stage b --steps-b 7000
+    nice -n 10 .venv/bin/python scripts/train_tiny_generator.py --stage all \
+        --work /tmp/tiny_v2 --out hoiguide/backbones/weights/tiny_v2
+    .venv/bin/python scripts/train_tiny_generator.py --stage b --steps-b 20000 ...  # continue
 
 The script sets ``torch.set_num_threads(--threads)`` (default 1). Everything is seeded by
 ``--seed``; with the same seed, thread count and library versions the exported weights are
@@ -86,12 +104,19 @@ log = logging.getLogger("train_tiny")
 
 GEN_BOX_SIDE = 1.8          # hoiguide.synth.generate.GEN_BOX_SIDE (kept in sync, checked below)
 BOX_V = 1.01                # HunyuanBackbone decode box [-1.01, 1.01]^3
+UNI_BOX = 1.2               # uniform SDF samples in [-UNI_BOX, UNI_BOX]^3 (canonical frame)
 TRUNC = 0.1                 # SDF truncation (generator units) of the logit target
-IMAGE_SIZE = 84             # DINOv2 input and ImageProcessorV2 size (6 x 6 patches of 14 px)
 RENDER_SIZE = 128           # rendered view (object fills ~55-85 % of it)
 N_SDF = 8192
 N_SURF = 4096
-LATENTS = (64, 16)          # num_latents x channels
+
+ARCH_DEFAULT: dict[str, Any] = {
+    "latents": [64, 16],      # num_latents x channels
+    "dit_hidden": 128, "dit_heads": 4, "dit_double": 1, "dit_single": 1,
+    "cond_hidden": 96, "cond_heads": 3, "cond_layers": 2, "image_size": 84,
+    "vae_width": 64, "vae_layers": 1,
+}
+"""Model size knobs (command-line flags of the same names)."""
 
 
 # --------------------------------------------------------------------------------------
@@ -99,21 +124,28 @@ LATENTS = (64, 16)          # num_latents x channels
 # --------------------------------------------------------------------------------------
 
 
-def tiny_generator_config() -> dict[str, Any]:
-    """hy3dgen hub-style config of the bundled tiny generator."""
-    n_lat, ch = LATENTS
+def tiny_generator_config(arch: dict[str, Any] | None = None) -> dict[str, Any]:
+    """hy3dgen hub-style config of a tiny generator of the given size."""
+    ar = dict(ARCH_DEFAULT, **(arch or {}))
+    n_lat, ch = ar["latents"]
+    size = int(ar["image_size"])
+    if size % 14:
+        raise ValueError(f"image_size must be a multiple of the DINOv2 patch (14), got {size}")
     return {
         "model": {
             "target": "hy3dgen.shapegen.models.Hunyuan3DDiT",
-            "params": {"in_channels": ch, "context_in_dim": 96, "hidden_size": 128,
-                       "mlp_ratio": 4.0, "num_heads": 4, "depth": 1, "depth_single_blocks": 1,
-                       "axes_dim": [32], "theta": 10000, "qkv_bias": True,
-                       "guidance_embed": False},
+            "params": {"in_channels": ch, "context_in_dim": ar["cond_hidden"],
+                       "hidden_size": ar["dit_hidden"], "mlp_ratio": 4.0,
+                       "num_heads": ar["dit_heads"], "depth": ar["dit_double"],
+                       "depth_single_blocks": ar["dit_single"],
+                       "axes_dim": [ar["dit_hidden"] // ar["dit_heads"]], "theta": 10000,
+                       "qkv_bias": True, "guidance_embed": False},
         },
         "vae": {
             "target": "hy3dgen.shapegen.models.ShapeVAE",
             "params": {"num_latents": n_lat, "embed_dim": ch, "num_freqs": 8,
-                       "include_pi": False, "heads": 4, "width": 64, "num_decoder_layers": 1,
+                       "include_pi": False, "heads": 4, "width": ar["vae_width"],
+                       "num_decoder_layers": ar["vae_layers"],
                        "qkv_bias": False, "qk_norm": True, "scale_factor": 1.0},
         },
         "conditioner": {
@@ -122,13 +154,14 @@ def tiny_generator_config() -> dict[str, Any]:
                 "type": "DinoImageEncoder",
                 "kwargs": {"config": {
                     "attention_probs_dropout_prob": 0.0, "drop_path_rate": 0.0,
-                    "hidden_act": "gelu", "hidden_dropout_prob": 0.0, "hidden_size": 96,
-                    "image_size": IMAGE_SIZE, "initializer_range": 0.02,
-                    "layer_norm_eps": 1e-6, "layerscale_value": 1.0, "mlp_ratio": 3,
-                    "model_type": "dinov2", "num_attention_heads": 3, "num_channels": 3,
-                    "num_hidden_layers": 2, "patch_size": 14, "qkv_bias": True,
+                    "hidden_act": "gelu", "hidden_dropout_prob": 0.0,
+                    "hidden_size": ar["cond_hidden"], "image_size": size,
+                    "initializer_range": 0.02, "layer_norm_eps": 1e-6, "layerscale_value": 1.0,
+                    "mlp_ratio": 3, "model_type": "dinov2",
+                    "num_attention_heads": ar["cond_heads"], "num_channels": 3,
+                    "num_hidden_layers": ar["cond_layers"], "patch_size": 14, "qkv_bias": True,
                     "use_swiglu_ffn": False},
-                    "image_size": IMAGE_SIZE},
+                    "image_size": size},
             }},
         },
         "scheduler": {
@@ -137,9 +170,13 @@ def tiny_generator_config() -> dict[str, Any]:
         },
         "image_processor": {
             "target": "hy3dgen.shapegen.preprocessors.ImageProcessorV2",
-            "params": {"size": IMAGE_SIZE, "border_ratio": 0.15},
+            "params": {"size": size, "border_ratio": 0.15},
         },
     }
+
+
+def _arch(a: argparse.Namespace) -> dict[str, Any]:
+    return {k: (list(getattr(a, k)) if k == "latents" else getattr(a, k)) for k in ARCH_DEFAULT}
 
 
 def _instantiate(cfg_section: dict[str, Any], seed: int) -> torch.nn.Module:
@@ -165,23 +202,32 @@ def _count(m: torch.nn.Module) -> int:
 # --------------------------------------------------------------------------------------
 
 
-def shape_list(seed: int, proc_train: int, proc_val: int) -> list[dict[str, Any]]:
-    """All shapes with split and a per-shape seed. Never lists random_urdfs 700-999 or the
-    named objects (the evaluation set)."""
-    from hoiguide.synth.objects import BROKEN_INDICES, PROCEDURAL_KINDS
+def shape_list(seed: int, fam_train: int, fam_val: int, families: list[str] | None = None,
+               pybullet: bool = True) -> list[dict[str, Any]]:
+    """All shapes with split, object spec and a per-shape seed. Never lists random_urdfs
+    700-999, the named objects or procedural evaluation seeds (the evaluation set)."""
+    from hoiguide.synth.objects import (BROKEN_INDICES, GENERATOR_TRAIN_INDICES,
+                                        GENERATOR_VAL_INDICES, PROCEDURAL_KINDS, TRAIN_SEEDS,
+                                        VAL_SEEDS)
 
+    fams = list(PROCEDURAL_KINDS) if families is None else families
     out = []
-    for i in range(0, 700):
-        if i in BROKEN_INDICES:
-            continue
-        assert i < 700
-        out.append({"name": f"pybullet_{i:03d}", "spec": f"pybullet:{i:03d}",
-                    "split": "train" if i < 600 else "val", "seed": [seed, 1, i]})
-    for k, kind in enumerate(PROCEDURAL_KINDS):
-        for j in range(proc_train + proc_val):
-            out.append({"name": f"proc_{kind}_{j:02d}", "spec": f"procedural:{kind}",
-                        "split": "train" if j < proc_train else "val",
-                        "seed": [seed, 2, k, j]})
+    if pybullet:
+        for i in list(GENERATOR_TRAIN_INDICES) + list(GENERATOR_VAL_INDICES):
+            if i in BROKEN_INDICES:
+                continue
+            assert i < 700
+            out.append({"name": f"pybullet_{i:03d}", "spec": f"pybullet:{i:03d}",
+                        "family": "pybullet",
+                        "split": "train" if i in GENERATOR_TRAIN_INDICES else "val",
+                        "seed": [seed, 1, i]})
+    assert fam_train <= len(TRAIN_SEEDS) and fam_val <= len(VAL_SEEDS)
+    for kind in fams:
+        for split, seeds, n in (("train", TRAIN_SEEDS, fam_train), ("val", VAL_SEEDS, fam_val)):
+            for j in range(n):
+                s = seeds[j]
+                out.append({"name": f"proc_{kind}_{s:05d}", "spec": f"procedural:{kind}@{s}",
+                            "family": kind, "split": split, "seed": [seed, 2, s]})
     return out
 
 
@@ -257,16 +303,16 @@ def _occluder(obj_mask: np.ndarray, bank: list[np.ndarray], rng: np.random.Gener
     return None
 
 
-def _view(obj_metric, tex, rng: np.random.Generator, occlude: bool, bank, proc
+def _view(obj_metric, tex, rng: np.random.Generator, occlude: bool, bank
           ) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Render one conditioning view. Returns (processed 84x84x3 uint8, RGBA crop 128, occluded)."""
-    from PIL import Image
-
+    """Render one conditioning view of an object (object frame, bbox centre at the origin).
+    Returns (RGBA crop ``RENDER_SIZE`` as the inpainting observer makes it, the
+    object-to-camera rotation (3, 3), occluded)."""
     from hoiguide.render import render
     from hoiguide.synth.appearance import random_lighting, shade
     from hoiguide.synth.cameras import look_at
     from hoiguide.synth.observers import inpaint_object
-    from hoiguide.types import Camera
+    from hoiguide.types import Camera, Similarity
 
     V = obj_metric.vertices.numpy()
     r = float(np.linalg.norm(V, axis=1).max())
@@ -287,8 +333,6 @@ def _view(obj_metric, tex, rng: np.random.Generator, occlude: bool, bank, proc
     R = w2c.rotation.numpy()
     cr, sr = math.cos(roll), math.sin(roll)
     Rr = np.array([[cr, sr, 0], [-sr, cr, 0], [0, 0, 1]]) @ R
-    from hoiguide.types import Similarity
-
     w2c = Similarity(torch.ones((), dtype=torch.float64), torch.as_tensor(Rr),
                      torch.as_tensor(-Rr @ (d * dist)))
     f = 0.5 * RENDER_SIZE / math.tan(fov / 2)
@@ -300,30 +344,25 @@ def _view(obj_metric, tex, rng: np.random.Generator, occlude: bool, bank, proc
     hand = None
     if occlude and mask.sum() > 30:
         hand = _occluder(mask, bank, rng)
+    occluded = hand is not None
     if hand is None:
         hand = np.zeros_like(mask)
-        occluded = False
-    else:
-        occluded = True
     rgba = inpaint_object(img, hand, mask, dilate_px=2, size=RENDER_SIZE, margin=0.1)
-    processed = proc(Image.fromarray(rgba, "RGBA"), to_tensor=False)["image"]
-    return np.ascontiguousarray(processed, dtype=np.uint8), rgba, occluded
+    return rgba, Rr.astype(np.float32), occluded
 
 
-def _prepare_shape(args: tuple[dict[str, Any], str, int, int, int]) -> str:
+def _prepare_shape(args: tuple[dict[str, Any], str, int, float, int]) -> str:
     entry, work, n_views, occl_pct, seed = args
     out = Path(work) / "shapes" / f"{entry['name']}.npz"
     if out.is_file():
         return entry["name"]
     torch.set_num_threads(1)
+    from scipy.spatial import ConvexHull
+
     from hoiguide.geometry import sample_surface, signed_distance
     from hoiguide.synth.appearance import Texture, random_material
     from hoiguide.synth.objects import load_object
-    from hoiguide.backbones.hunyuan import import_hy3dgen
     from hoiguide.types import Mesh
-
-    import_hy3dgen()   # hy3dgen imports torchvision: hoiguide supplies the stand-in
-    from hy3dgen.shapegen.preprocessors import ImageProcessorV2
 
     rng = np.random.default_rng(entry["seed"])
     obj = load_object(entry["spec"], rng=rng).to(dtype=torch.float64)
@@ -332,21 +371,19 @@ def _prepare_shape(args: tuple[dict[str, Any], str, int, int, int]) -> str:
     c = 0.5 * (lo + hi)
     L = float((hi - lo).max())
     obj = Mesh(V - c, obj.faces, None, dict(obj.metadata))      # bbox centre at the origin
-    gen = Mesh((V - c) * (GEN_BOX_SIDE / L), obj.faces)          # generator frame
-    # SDF samples in the generator frame
+    gen = Mesh((V - c) * (GEN_BOX_SIDE / L), obj.faces)          # canonical generator frame
     surf = sample_surface(gen, N_SDF // 2 + N_SURF, seed=int(rng.integers(2**31)))
     near = surf[:N_SDF // 2]
     sig = np.where(rng.uniform(size=(len(near), 1)) < 0.5, 0.01, 0.05)
     near = near + rng.normal(size=near.shape) * sig
-    uni = rng.uniform(-BOX_V, BOX_V, size=(N_SDF - len(near), 3))
+    uni = rng.uniform(-UNI_BOX, UNI_BOX, size=(N_SDF - len(near), 3))
     pts = np.concatenate([near, uni]).astype(np.float64)
     sdf = signed_distance(torch.from_numpy(pts), gen).numpy()
-    target = np.clip(-sdf / TRUNC, -1.0, 1.0)
-    # conditioning views
-    proc = ImageProcessorV2(size=IMAGE_SIZE, border_ratio=0.15)
+    Vg = gen.vertices.numpy()
+    hull = Vg[ConvexHull(Vg).vertices]
     bank = hand_bank(seed)
     tex = Texture.of(obj, random_material(rng))
-    images, crops, occ = [], [], []
+    crops, rots, occ = [], [], []
     for v in range(n_views):
         # view 0 of a validation shape is always clean, view 1 always occluded
         if entry["split"] == "val":
@@ -355,16 +392,45 @@ def _prepare_shape(args: tuple[dict[str, Any], str, int, int, int]) -> str:
             want = rng.uniform() * 100 < occl_pct
         if v > 0 and entry["split"] == "train" and v % 2 == 0:
             tex = Texture.of(obj, random_material(rng))              # another material
-        im, crop, o = _view(obj, tex, rng, want, bank, proc)
-        images.append(im)
+        crop, R, o = _view(obj, tex, rng, want, bank)
         crops.append(crop)
+        rots.append(R)
         occ.append(o)
-    np.savez_compressed(out, points=pts.astype(np.float32), target=target.astype(np.float32),
+    np.savez_compressed(out, points=pts.astype(np.float32), sdf=sdf.astype(np.float32),
                         surface=surf[N_SDF // 2:].astype(np.float32),
-                        images=np.stack(images), crops=np.stack(crops),
-                        occluded=np.array(occ), size_m=np.array(L),
+                        hull=hull.astype(np.float32), crops=np.stack(crops),
+                        rots=np.stack(rots), occluded=np.array(occ), size_m=np.array(L),
                         watertight=np.array(bool(obj.metadata.get("watertight", True))))
     return entry["name"]
+
+
+def view_frame(hull: np.ndarray, R: np.ndarray) -> tuple[np.ndarray, float]:
+    """``(c, s)`` of the view-aligned generator frame ``gen(p) = s (R p - c)``: the bounding
+    box of the rotated shape centred, its longest side ``GEN_BOX_SIDE``."""
+    q = hull @ R.T
+    lo, hi = q.min(0), q.max(0)
+    return 0.5 * (lo + hi), float(GEN_BOX_SIDE / (hi - lo).max())
+
+
+def _families_arg(a: argparse.Namespace) -> list[str] | None:
+    from hoiguide.synth.objects import PROCEDURAL_KINDS
+
+    if a.families in ("all", ""):
+        return None
+    if a.families == "none":
+        return []
+    fams = [f.strip() for f in a.families.split(",") if f.strip()]
+    bad = [f for f in fams if f not in PROCEDURAL_KINDS]
+    if bad:
+        raise SystemExit(f"--families: unknown {bad}; valid: {', '.join(PROCEDURAL_KINDS)}")
+    return fams
+
+
+def _shapes(a: argparse.Namespace) -> list[dict[str, Any]]:
+    shapes = shape_list(a.seed, a.fam_train, a.fam_val, _families_arg(a), not a.no_pybullet)
+    if a.limit:
+        shapes = shapes[::max(1, len(shapes) // a.limit)][:a.limit]
+    return shapes
 
 
 def stage_data(a: argparse.Namespace) -> None:
@@ -373,17 +439,17 @@ def stage_data(a: argparse.Namespace) -> None:
     assert gbs == GEN_BOX_SIDE, "generator box side changed in hoiguide.synth.generate"
     work = Path(a.work)
     (work / "shapes").mkdir(parents=True, exist_ok=True)
-    shapes = shape_list(a.seed, a.proc_train, a.proc_val)
-    if a.limit:
-        shapes = shapes[::max(1, len(shapes) // a.limit)][:a.limit]
+    shapes = _shapes(a)
     jobs = [(s, str(work), a.views if s["split"] == "train" else 2, a.occluded, a.seed)
-            for s in shapes]
+            for s in shapes
+            if not (work / "shapes" / f"{s['name']}.npz").is_file()]
     t0 = time.time()
     done = 0
-    if a.workers > 1:
+    log.info("data: %d shapes, %d to prepare", len(shapes), len(jobs))
+    if a.workers > 1 and jobs:
         ctx = mp.get_context("spawn")
         with ctx.Pool(a.workers) as pool:
-            for _ in pool.imap_unordered(_prepare_shape, jobs, chunksize=4):
+            for _ in pool.imap_unordered(_prepare_shape, jobs, chunksize=2):
                 done += 1
                 if done % 50 == 0:
                     log.info("data: %d / %d shapes (%.0f s)", done, len(jobs), time.time() - t0)
@@ -393,35 +459,71 @@ def stage_data(a: argparse.Namespace) -> None:
             done += 1
             if done % 50 == 0:
                 log.info("data: %d / %d shapes (%.0f s)", done, len(jobs), time.time() - t0)
-    # pack
-    packed: dict[str, Any] = {"names": [], "split": [], "points": [], "target": [],
-                              "surface": [], "images": [], "occluded": [], "crops": []}
+    t_prep = time.time() - t0
+    # pack (everything but the images, which are cached per input size)
+    packed: dict[str, Any] = {k: [] for k in ("names", "specs", "families", "split", "points",
+                                              "sdf", "surface", "hull", "rots", "occluded",
+                                              "crops_val")}
     for s in shapes:
         z = np.load(work / "shapes" / f"{s['name']}.npz")
         packed["names"].append(s["name"])
+        packed["specs"].append(s["spec"])
+        packed["families"].append(s["family"])
         packed["split"].append(s["split"])
-        for k in ("points", "target", "surface"):
+        for k in ("points", "sdf", "surface"):
             packed[k].append(torch.from_numpy(z[k]))
-        packed["images"].append(torch.from_numpy(z["images"]))
+        packed["hull"].append(z["hull"].astype(np.float64))
+        packed["rots"].append(z["rots"].astype(np.float64))
         packed["occluded"].append(torch.from_numpy(z["occluded"]))
-        packed["crops"].append(torch.from_numpy(z["crops"][:1]) if s["split"] == "val"
-                               else None)
-    for k in ("points", "target", "surface"):
+        packed["crops_val"].append(z["crops"] if s["split"] == "val" else None)
+    for k in ("points", "sdf", "surface"):
         packed[k] = torch.stack(packed[k])
     torch.save(packed, work / "data.pt")
+    for f in work.glob("images_*.pt"):
+        f.unlink()                                   # stale image caches
     n_tr = sum(1 for s in packed["split"] if s == "train")
     occ = torch.cat([o for o, s in zip(packed["occluded"], packed["split"]) if s == "train"])
     info = {"shapes_train": n_tr, "shapes_val": len(shapes) - n_tr,
-            "views_train": int(sum(len(i) for i, s in zip(packed["images"], packed["split"])
+            "views_train": int(sum(len(r) for r, s in zip(packed["rots"], packed["split"])
                                    if s == "train")),
             "occluded_fraction_train": float(occ.float().mean()),
-            "seconds": round(time.time() - t0, 1)}
+            "families": sorted(set(packed["families"])),
+            "seconds_prepare": round(t_prep, 1), "seconds": round(time.time() - t0, 1)}
     _update_json(work / "timings.json", {"data": info})
     log.info("data: %s", info)
 
 
+def load_images(work: Path, names: list[str], size: int) -> list[torch.Tensor]:
+    """Per shape ``(V, size, size, 3)`` uint8 generator inputs (ImageProcessorV2 of the stored
+    RGBA crops), cached in ``work/images_<size>.pt``."""
+    cache = work / f"images_{size}.pt"
+    if cache.is_file():
+        d = torch.load(cache, weights_only=False)
+        if d["names"] == names:
+            return d["images"]
+    from PIL import Image
+
+    from hoiguide.backbones.hunyuan import import_hy3dgen
+
+    import_hy3dgen()   # hy3dgen imports torchvision: hoiguide supplies the stand-in
+    from hy3dgen.shapegen.preprocessors import ImageProcessorV2
+
+    proc = ImageProcessorV2(size=size, border_ratio=0.15)
+    t0 = time.time()
+    out = []
+    for n in names:
+        crops = np.load(work / "shapes" / f"{n}.npz")["crops"]
+        out.append(torch.from_numpy(np.stack([
+            np.ascontiguousarray(proc(Image.fromarray(c, "RGBA"), to_tensor=False)["image"],
+                                 dtype=np.uint8) for c in crops])))
+    torch.save({"names": names, "images": out}, cache)
+    log.info("images at %d px: %d shapes processed in %.0f s", size, len(names),
+             time.time() - t0)
+    return out
+
+
 # --------------------------------------------------------------------------------------
-# stage a: auto-decoding
+# stage a: encoder + decoder under rotations
 # --------------------------------------------------------------------------------------
 
 
@@ -435,55 +537,10 @@ def _decode(vae: torch.nn.Module, z: torch.Tensor, pts: torch.Tensor) -> torch.T
     return vae.geo_decoder(queries=pts, latents=h)[..., 0]
 
 
-def _fit(vae, lat, data_pts, data_tgt, idx_all, steps, lr, batch, pts_per, noise, rng,
-         train_decoder: bool, curve: list, tag: str, t_budget: float | None = None) -> None:
-    params = [lat] + (list(vae.parameters()) if train_decoder else [])
-    opt = torch.optim.Adam(params, lr=lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps,
-                                                pct_start=max(0.05, 3.0 / steps),
-                                                final_div_factor=20)
-    n = len(idx_all)
-    t0 = time.time()
-    run = 0.0
-    P = data_pts.shape[1]
-    for step in range(steps):
-        b = torch.from_numpy(rng.choice(n, size=min(batch, n), replace=False))
-        ii = idx_all[b]
-        sel = torch.from_numpy(rng.integers(0, P, size=(len(b), pts_per)))
-        pts = torch.gather(data_pts[ii], 1, sel[..., None].expand(-1, -1, 3))
-        tgt = torch.gather(data_tgt[ii], 1, sel)
-        z = _normalise(lat[b])
-        if noise > 0:
-            z = z + noise * torch.randn_like(z)
-        pred = _decode(vae, z, pts)
-        loss = (pred - tgt).abs().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        run = 0.98 * run + 0.02 * float(loss) if step else float(loss)
-        if step % 50 == 0 or step == steps - 1:
-            curve.append({"step": step, "loss": float(loss), "ema_loss": run,
-                          "t": round(time.time() - t0, 1)})
-            if step % 250 == 0 or step == steps - 1:
-                log.info("%s step %d/%d  L1 %.4f (avg %.4f)  %.1f s", tag, step, steps,
-                         float(loss), run, time.time() - t0)
-
-
-@torch.no_grad()
-def _recon_metrics(vae, z, pts, tgt) -> dict[str, float]:
-    """IoU (sign agreement on the uniform half of the samples) and L1 of reconstructions."""
-    ious, l1s = [], []
-    for s in range(0, len(z), 32):
-        pred = _decode(vae, z[s:s + 32], pts[s:s + 32])
-        t = tgt[s:s + 32]
-        l1s.append((pred - t).abs().mean(1))
-        u = slice(N_SDF // 2, None)
-        pi, ti = pred[:, u] > 0, t[:, u] > 0
-        inter = (pi & ti).sum(1).float()
-        union = (pi | ti).sum(1).float().clamp_min(1)
-        ious.append(inter / union)
-    return {"iou": float(torch.cat(ious).mean()), "l1": float(torch.cat(l1s).mean())}
+def _to_view(p: torch.Tensor, R: torch.Tensor, c: torch.Tensor, s: torch.Tensor
+             ) -> torch.Tensor:
+    """Canonical generator frame -> view-aligned frame, batched: ``s (R p - c)``."""
+    return s[:, None, None] * (torch.einsum("bij,bpj->bpi", R, p) - c[:, None])
 
 
 class PointEncoder(torch.nn.Module):
@@ -522,28 +579,60 @@ class PointEncoder(torch.nn.Module):
         return self.out(self.ln_out(x))
 
 
-def _fit_encoder(vae, enc, data_pts, data_tgt, surf, idx_all, steps, lr, batch, pts_per,
-                 enc_pts, noise, rng, curve: list) -> None:
+def _batch_frames(data, ii: np.ndarray, rng: np.random.Generator, p_view: float = 0.5
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per batch element a rotation (one of the shape's views with probability ``p_view``,
+    else uniform) and its view-frame ``(c, s)``."""
+    from scipy.spatial.transform import Rotation
+
+    Rs, cs, ss = [], [], []
+    for i in ii:
+        rots = data["rots"][int(i)]
+        if rng.uniform() < p_view:
+            R = rots[int(rng.integers(len(rots)))]
+        else:
+            R = Rotation.random(random_state=int(rng.integers(2**31))).as_matrix()
+        c, s = view_frame(data["hull"][int(i)], R)
+        Rs.append(R)
+        cs.append(c)
+        ss.append(s)
+    return (torch.tensor(np.stack(Rs), dtype=torch.float32),
+            torch.tensor(np.stack(cs), dtype=torch.float32), torch.tensor(ss, dtype=torch.float32))
+
+
+def _fit_encoder(vae, enc, data, idx_all, steps, lr, batch, pts_per, enc_pts, n_far, noise,
+                 rng, curve: list) -> None:
     params = list(enc.parameters()) + list(vae.parameters())
     opt = torch.optim.Adam(params, lr=lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps,
                                                 pct_start=max(0.05, 3.0 / steps),
                                                 final_div_factor=20)
     n = len(idx_all)
+    data_pts, data_sdf, surf = data["points"], data["sdf"], data["surface"]
     P, S = data_pts.shape[1], surf.shape[1]
     t0, run = time.time(), 0.0
     for step in range(steps):
-        b = torch.from_numpy(rng.choice(n, size=min(batch, n), replace=False))
-        ii = idx_all[b]
+        b = rng.choice(n, size=min(batch, n), replace=False)
+        ii = idx_all[torch.from_numpy(b)]
+        R, c, s = _batch_frames(data, ii.numpy(), rng)
         sel = torch.from_numpy(rng.integers(0, P, size=(len(b), pts_per)))
-        pts = torch.gather(data_pts[ii], 1, sel[..., None].expand(-1, -1, 3))
-        tgt = torch.gather(data_tgt[ii], 1, sel)
+        pts = _to_view(torch.gather(data_pts[ii], 1, sel[..., None].expand(-1, -1, 3)), R, c, s)
+        tgt = (-(s[:, None] * torch.gather(data_sdf[ii], 1, sel)) / TRUNC).clamp(-1, 1)
+        w = torch.ones_like(tgt)
+        if n_far:
+            # decode-box points outside the sampled region [-UNI_BOX, UNI_BOX]^3: far outside
+            q = torch.from_numpy(rng.uniform(-BOX_V, BOX_V, size=(len(b), n_far, 3))).float()
+            p = torch.einsum("bpi,bij->bpj", q / s[:, None, None] + c[:, None], R)
+            far = (p.abs().amax(-1) > UNI_BOX).float()
+            pts = torch.cat([pts, q], 1)
+            tgt = torch.cat([tgt, -torch.ones_like(far)], 1)
+            w = torch.cat([w, far], 1)
         es = torch.from_numpy(rng.integers(0, S, size=(len(b), enc_pts)))
-        sp = torch.gather(surf[ii], 1, es[..., None].expand(-1, -1, 3))
+        sp = _to_view(torch.gather(surf[ii], 1, es[..., None].expand(-1, -1, 3)), R, c, s)
         z = _normalise(enc(sp))
         if noise > 0:
             z = z + noise * torch.randn_like(z)
-        loss = (_decode(vae, z, pts) - tgt).abs().mean()
+        loss = ((_decode(vae, z, pts) - tgt).abs() * w).sum() / w.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -559,25 +648,64 @@ def _fit_encoder(vae, enc, data_pts, data_tgt, surf, idx_all, steps, lr, batch, 
                          time.time() - t0)
 
 
+def _view_tensors(data, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rotations and view frames of all stored views of shape ``i``."""
+    rots = data["rots"][i]
+    fr = [view_frame(data["hull"][i], R) for R in rots]
+    return (torch.tensor(rots, dtype=torch.float32),
+            torch.tensor(np.stack([f[0] for f in fr]), dtype=torch.float32),
+            torch.tensor([f[1] for f in fr], dtype=torch.float32))
+
+
+def view_points(data, i: int, v: int, key: str = "surface") -> np.ndarray:
+    """Stored points of shape ``i`` in the generator frame of its view ``v``."""
+    R, c, s = _view_tensors(data, i)
+    return _to_view(data[key][i][None].float(), R[v:v + 1], c[v:v + 1], s[v:v + 1])[0].numpy()
+
+
 @torch.no_grad()
-def _encode_all(enc, surf: torch.Tensor, idx: torch.Tensor, n_pts: int = 2048) -> torch.Tensor:
+def _encode_views(enc, data, idx: torch.Tensor, n_pts: int = 2048) -> list[torch.Tensor]:
+    """Latent of every stored view of every shape in ``idx`` (list of (V, n_lat, ch))."""
     g = torch.Generator().manual_seed(123)
     out = []
-    for s in range(0, len(idx), 32):
-        ii = idx[s:s + 32]
-        sel = torch.stack([torch.randperm(surf.shape[1], generator=g)[:n_pts] for _ in ii])
-        sp = torch.gather(surf[ii], 1, sel[..., None].expand(-1, -1, 3))
-        out.append(_normalise(enc(sp)))
-    return torch.cat(out)
+    for i in idx.tolist():
+        R, c, s = _view_tensors(data, i)
+        sel = torch.randperm(data["surface"].shape[1], generator=g)[:n_pts]
+        sp = data["surface"][i][sel][None].expand(len(R), -1, -1)
+        out.append(_normalise(enc(_to_view(sp, R, c, s))))
+    return out
 
 
-def stage_a_encoder(a: argparse.Namespace) -> None:
-    """Stage A with an encoder: latents are a continuous function of the shape (similar shapes,
-    similar latents), which the image-conditioned flow can learn; auto-decoded latents were
-    not (see docs/tiny-generator.md)."""
+@torch.no_grad()
+def _recon_metrics(vae, data, idx: torch.Tensor, z_views: list[torch.Tensor]
+                   ) -> dict[str, float]:
+    """IoU (sign agreement on the uniform half of the samples, view 0's frame) and L1."""
+    ious, l1s = [], []
+    u = slice(N_SDF // 2, None)
+    for k, i in enumerate(idx.tolist()):
+        R, c, s = _view_tensors(data, i)
+        pts = _to_view(data["points"][i][u][None], R[:1], c[:1], s[:1])
+        tgt = (-(s[0] * data["sdf"][i][u]) / TRUNC).clamp(-1, 1)[None]
+        inside = (pts.abs().amax(-1) <= BOX_V)
+        pred = _decode(vae, z_views[k][:1], pts)
+        l1s.append(float((pred - tgt).abs()[inside].mean()))
+        pi, ti = (pred > 0) & inside, (tgt > 0) & inside
+        ious.append(float((pi & ti).sum()) / max(1.0, float((pi | ti).sum())))
+    return {"iou": float(np.mean(ious)), "l1": float(np.mean(l1s))}
+
+
+def stage_a(a: argparse.Namespace) -> None:
+    """Stage A: encoder + decoder; then the latents of every (shape, view)."""
     work = Path(a.work)
+    out_path = work / "stage_a.pt"
+    arch = _arch(a)
+    if out_path.is_file():
+        old = torch.load(out_path, weights_only=False)
+        if old.get("arch_vae") == _vae_arch(arch) and old.get("steps") == a.steps_a:
+            log.info("A: %s exists with this decoder size and step count; kept", out_path)
+            return
     data = torch.load(work / "data.pt", weights_only=False)
-    cfg = tiny_generator_config()
+    cfg = tiny_generator_config(arch)
     split = np.array(data["split"])
     tr = torch.from_numpy(np.nonzero(split == "train")[0])
     va = torch.from_numpy(np.nonzero(split == "val")[0])
@@ -586,72 +714,35 @@ def stage_a_encoder(a: argparse.Namespace) -> None:
     vae = _instantiate(cfg["vae"], a.seed + 1)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(a.seed + 5)
-        enc = PointEncoder(*LATENTS)
+        enc = PointEncoder(*arch["latents"], width=a.enc_width)
     enc.train()
     curve: list = []
     t0 = time.time()
-    pts, tgt, surf = data["points"], data["target"], data["surface"]
-    _fit_encoder(vae, enc, pts, tgt, surf, tr, a.steps_a, a.lr_a, 32, 512, 512, a.noise_a,
-                 rng, curve)
+    _fit_encoder(vae, enc, data, tr, a.steps_a, a.lr_a, 32, 512, 512, 128, a.noise_a, rng,
+                 curve)
     t_a = time.time() - t0
     vae.eval(), enc.eval()
     vae.requires_grad_(False)
     enc.requires_grad_(False)
-    z_tr = _encode_all(enc, surf, tr)
-    z_va = _encode_all(enc, surf, va)
-    m_tr = _recon_metrics(vae, z_tr, pts[tr], tgt[tr])
-    m_va = _recon_metrics(vae, z_va, pts[va], tgt[va])
+    z_tr = _encode_views(enc, data, tr)
+    z_va = _encode_views(enc, data, va)
+    m_tr = _recon_metrics(vae, data, tr[:200], z_tr[:200])
+    m_va = _recon_metrics(vae, data, va, z_va)
     log.info("A: reconstruction train %s, validation (unseen shapes) %s (%.0f s)", m_tr, m_va,
              t_a)
     torch.save({"vae": vae.state_dict(), "encoder": enc.state_dict(), "z_train": z_tr,
-                "z_val": z_va, "train_idx": tr, "val_idx": va}, work / "stage_a.pt")
-    _update_json(work / "curves.json", {"a": curve, "a_val": []})
+                "z_val": z_va, "train_idx": tr, "val_idx": va, "arch_vae": _vae_arch(arch),
+                "steps": a.steps_a}, out_path)
+    _update_json(work / "curves.json", {"a": curve})
     _update_json(work / "timings.json", {"a": {
-        "mode": "encoder", "seconds": round(t_a, 1), "steps": a.steps_a,
+        "seconds": round(t_a, 1), "steps": a.steps_a,
         "decoder_params": _count(vae), "encoder_params": _count(enc),
-        "latent_shape": list(LATENTS), "noise": a.noise_a, "train_recon": m_tr,
+        "latent_shape": list(arch["latents"]), "noise": a.noise_a, "train_recon": m_tr,
         "val_recon": m_va, "final_l1_avg": curve[-1]["ema_loss"]}})
 
 
-def stage_a(a: argparse.Namespace) -> None:
-    work = Path(a.work)
-    data = torch.load(work / "data.pt", weights_only=False)
-    cfg = tiny_generator_config()
-    split = np.array(data["split"])
-    tr = torch.from_numpy(np.nonzero(split == "train")[0])
-    va = torch.from_numpy(np.nonzero(split == "val")[0])
-    torch.manual_seed(a.seed)
-    rng = np.random.default_rng([a.seed, 10])
-    vae = _instantiate(cfg["vae"], a.seed + 1)
-    lat = torch.nn.Parameter(0.01 * torch.randn(len(tr), *LATENTS))
-    curve_a: list = []
-    t0 = time.time()
-    pts, tgt = data["points"], data["target"]
-    _fit(vae, lat, pts, tgt, tr, a.steps_a, a.lr_a, 32, 512, 0.1, rng, True, curve_a, "A")
-    t_a = time.time() - t0
-    vae.eval()
-    vae.requires_grad_(False)
-    z_tr = _normalise(lat.detach())
-    m_tr = _recon_metrics(vae, z_tr, pts[tr], tgt[tr])
-    log.info("A: train reconstruction %s (%.0f s)", m_tr, t_a)
-    # validation latents, decoder frozen
-    t1 = time.time()
-    lat_v = torch.nn.Parameter(0.01 * torch.randn(len(va), *LATENTS))
-    curve_v: list = []
-    _fit(vae, lat_v, pts, tgt, va, a.steps_a_val, a.lr_a, 32, 512, 0.0, rng, False, curve_v,
-         "A-val")
-    z_va = _normalise(lat_v.detach())
-    m_va = _recon_metrics(vae, z_va, pts[va], tgt[va])
-    log.info("A: validation reconstruction (frozen decoder) %s", m_va)
-    torch.save({"vae": vae.state_dict(), "z_train": z_tr, "z_val": z_va,
-                "train_idx": tr, "val_idx": va}, work / "stage_a.pt")
-    _update_json(work / "curves.json", {"a": curve_a, "a_val": curve_v})
-    _update_json(work / "timings.json", {"a": {
-        "seconds": round(t_a, 1), "seconds_val_fit": round(time.time() - t1, 1),
-        "steps": a.steps_a, "decoder_params": _count(vae), "latent_shape": list(LATENTS),
-        "train_recon": m_tr, "val_recon_frozen_decoder": m_va,
-        "final_l1_avg": curve_a[-1]["ema_loss"],
-        "latent_std_raw": float(lat.detach().std())}})
+def _vae_arch(arch: dict[str, Any]) -> dict[str, Any]:
+    return {k: arch[k] for k in ("latents", "vae_width", "vae_layers")}
 
 
 # --------------------------------------------------------------------------------------
@@ -693,16 +784,28 @@ def stage_b(a: argparse.Namespace) -> None:
     work = Path(a.work)
     data = torch.load(work / "data.pt", weights_only=False)
     sa = torch.load(work / "stage_a.pt", weights_only=False)
-    cfg = tiny_generator_config()
+    arch = _arch(a)
+    if sa["arch_vae"] != _vae_arch(arch):
+        raise SystemExit(f"stage b: stage_a.pt was trained with {sa['arch_vae']}, the flags say "
+                         f"{_vae_arch(arch)}; re-run stage a or pass the same sizes")
+    cfg = tiny_generator_config(arch)
     tr, va = sa["train_idx"], sa["val_idx"]
     z_tr, z_va = sa["z_train"], sa["z_val"]
-    imgs_tr = [data["images"][int(i)] for i in tr]
-    imgs_va = [data["images"][int(i)] for i in va]
+    images = load_images(work, data["names"], arch["image_size"])
+    imgs_tr = [images[int(i)] for i in tr]
+    imgs_va = [images[int(i)] for i in va]
+    pairs = np.array([(k, v) for k in range(len(tr)) for v in range(len(z_tr[k]))])
     ckpt_path = work / "stage_b_ckpt.pt"
     model = _instantiate(cfg["model"], a.seed + 2)
     cond_enc = _instantiate(cfg["conditioner"], a.seed + 3)
+    n_lat, ch = arch["latents"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(a.seed + 4)
+        aux_head = torch.nn.Sequential(torch.nn.LayerNorm(arch["cond_hidden"]),
+                                       torch.nn.Linear(arch["cond_hidden"], n_lat * ch))
     params = list(model.parameters()) + list(cond_enc.parameters())
-    opt = torch.optim.AdamW(params, lr=a.lr_b, weight_decay=0.01, betas=(0.9, 0.99))
+    train_params = params + (list(aux_head.parameters()) if a.aux > 0 else [])
+    opt = torch.optim.AdamW(train_params, lr=a.lr_b, weight_decay=0.01, betas=(0.9, 0.99))
     ema_model, ema_cond = copy.deepcopy(model), copy.deepcopy(cond_enc)
     for m in (ema_model, ema_cond):
         m.requires_grad_(False)
@@ -711,10 +814,14 @@ def stage_b(a: argparse.Namespace) -> None:
     start, curve, val_curve, elapsed = 0, [], [], 0.0
     if ckpt_path.is_file():
         ck = torch.load(ckpt_path, weights_only=False)
+        if ck.get("arch") != arch or ck.get("aux", 0.0) != a.aux:
+            raise SystemExit(f"stage b: {ckpt_path} was made with arch {ck.get('arch')} aux "
+                             f"{ck.get('aux')}; delete it or pass the same flags")
         model.load_state_dict(ck["model"])
         cond_enc.load_state_dict(ck["cond"])
         ema_model.load_state_dict(ck["ema_model"])
         ema_cond.load_state_dict(ck["ema_cond"])
+        aux_head.load_state_dict(ck["aux_head"])
         opt.load_state_dict(ck["opt"])
         gen.set_state(ck["gen"])
         rng.bit_generator.state = ck["rng"]
@@ -722,28 +829,31 @@ def stage_b(a: argparse.Namespace) -> None:
         log.info("B: resumed at step %d", start)
     total = a.steps_b
     warm = 300
+    # the cosine schedule runs to --lr-horizon (default: --steps-b), so a run continued to
+    # more steps keeps the same learning rates for the steps it already did
+    horizon = a.lr_horizon or total
 
     def lr_at(s: int) -> float:
         if s < warm:
             return a.lr_b * (s + 1) / warm
-        p = (s - warm) / max(1, total - warm)
+        p = (s - warm) / max(1, horizon - warm)
         return a.lr_b * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
 
     # fixed validation batch (one clean and one occluded view per validation shape)
     vg = torch.Generator().manual_seed(a.seed + 30)
-    v_img = torch.stack([imgs_va[i][v] for i in range(len(va)) for v in (0, 1)])
-    v_z = torch.stack([z_va[i] for i in range(len(va)) for _ in (0, 1)])
+    v_img = torch.stack([imgs_va[k][v] for k in range(len(va)) for v in (0, 1)])
+    v_z = torch.stack([z_va[k][v] for k in range(len(va)) for v in (0, 1)])
     v_fixed = (torch.randn(v_z.shape, generator=vg), torch.rand(len(v_z), generator=vg))
     v_img_t = _images_to_tensor(v_img)
     # the same for a training subset (how well it fits its own data)
-    tsub = np.random.default_rng([a.seed, 31]).choice(len(tr), size=len(v_z), replace=False)
-    t_img_t = _images_to_tensor(torch.stack([imgs_tr[i][0] for i in tsub]))
-    t_z = z_tr[torch.from_numpy(tsub)]
+    tsub = np.random.default_rng([a.seed, 31]).choice(len(pairs), size=len(v_z), replace=False)
+    t_img_t = _images_to_tensor(torch.stack([imgs_tr[k][v] for k, v in pairs[tsub]]))
+    t_z = torch.stack([z_tr[k][v] for k, v in pairs[tsub]])
 
     @torch.no_grad()
     def val_loss(mdl, enc, img_t, z) -> dict[str, float]:
         mdl.eval(), enc.eval()
-        c = enc(image=img_t)["main"]
+        c = torch.cat([enc(image=img_t[s:s + 64])["main"] for s in range(0, len(img_t), 64)])
         u = torch.zeros_like(c)
         out = {"cond": float(_flow_loss(mdl, c, z, None, v_fixed)),
                "uncond": float(_flow_loss(mdl, u, z, None, v_fixed)),
@@ -757,26 +867,32 @@ def stage_b(a: argparse.Namespace) -> None:
     for step in range(start, total):
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        si = rng.integers(0, len(tr), size=B)
-        img = torch.stack([imgs_tr[i][int(rng.integers(len(imgs_tr[i])))] for i in si])
-        z1 = z_tr[torch.from_numpy(si)]
+        pk = pairs[rng.integers(0, len(pairs), size=B)]
+        img = torch.stack([imgs_tr[k][v] for k, v in pk])
+        z1 = torch.stack([z_tr[k][v] for k, v in pk])
         c = cond_enc(image=_images_to_tensor(img))["main"]
+        loss_aux = None
+        if a.aux > 0:
+            loss_aux = ((aux_head(c.mean(1)) - z1.flatten(1)) ** 2).mean()
         drop = torch.from_numpy(rng.uniform(size=B) < 0.1)
         # classifier-free guidance dropout: exactly the unconditional embedding (zeros)
         c = torch.where(drop[:, None, None], torch.zeros_like(c), c)
-        loss = _flow_loss(model, c, z1, gen, t_mode=a.t_sampling)
+        loss_flow = _flow_loss(model, c, z1, gen, t_mode=a.t_sampling)
+        loss = loss_flow + (a.aux * loss_aux if loss_aux is not None else 0.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        torch.nn.utils.clip_grad_norm_(train_params, 1.0)
         opt.step()
         d = min(a.ema, (step + 1) / (step + 10))
         with torch.no_grad():
             for src, dst in ((model, ema_model), (cond_enc, ema_cond)):
                 for p, q in zip(src.parameters(), dst.parameters()):
                     q.mul_(d).add_(p.detach(), alpha=1 - d)
-        run = float(loss) if run is None else 0.98 * run + 0.02 * float(loss)
+        lf = float(loss_flow)
+        run = lf if run is None else 0.98 * run + 0.02 * lf
         if step % 50 == 0:
-            curve.append({"step": step, "loss": float(loss), "ema_loss": run,
+            curve.append({"step": step, "loss": lf, "ema_loss": run,
+                          "aux": None if loss_aux is None else float(loss_aux),
                           "lr": lr_at(step), "t": round(time.time() - t0, 1)})
         last = step == total - 1
         if step % 500 == 0 or last:
@@ -784,25 +900,26 @@ def stage_b(a: argparse.Namespace) -> None:
             tl = val_loss(ema_model, ema_cond, t_img_t, t_z)
             val_curve.append({"step": step, "val": vl, "train_subset": tl,
                               "t": round(time.time() - t0, 1)})
-            log.info("B step %d/%d  loss %.4f (avg %.4f)  val[EMA] cond %.4f uncond %.4f "
-                     "shuffled %.4f | train-subset cond %.4f  %.0f s", step, total,
-                     float(loss), run, vl["cond"], vl["uncond"], vl["shuffled"], tl["cond"],
-                     time.time() - t0)
+            log.info("B step %d/%d  loss %.4f (avg %.4f)%s  val[EMA] cond %.4f uncond %.4f "
+                     "shuffled %.4f | train-subset cond %.4f  %.0f s", step, total, lf, run,
+                     "" if loss_aux is None else f" aux {float(loss_aux):.4f}",
+                     vl["cond"], vl["uncond"], vl["shuffled"], tl["cond"], time.time() - t0)
         if (step + 1) % 1000 == 0 or last:
             torch.save({"model": model.state_dict(), "cond": cond_enc.state_dict(),
                         "ema_model": ema_model.state_dict(), "ema_cond": ema_cond.state_dict(),
-                        "opt": opt.state_dict(), "gen": gen.get_state(),
-                        "rng": rng.bit_generator.state, "step": step + 1, "curve": curve,
-                        "val_curve": val_curve, "t": time.time() - t0},
+                        "aux_head": aux_head.state_dict(), "opt": opt.state_dict(),
+                        "gen": gen.get_state(), "rng": rng.bit_generator.state,
+                        "step": step + 1, "curve": curve, "val_curve": val_curve,
+                        "t": time.time() - t0, "arch": arch, "aux": a.aux},
                        str(ckpt_path) + ".tmp")
             os.replace(str(ckpt_path) + ".tmp", ckpt_path)
     ck = torch.load(ckpt_path, weights_only=False)
-    torch.save({"model": ck["ema_model"], "conditioner": ck["ema_cond"], "vae": sa["vae"]},
-               work / "stage_b.pt")
+    torch.save({"model": ck["ema_model"], "conditioner": ck["ema_cond"], "vae": sa["vae"],
+                "arch": arch, "step": ck["step"]}, work / "stage_b.pt")
     _update_json(work / "curves.json", {"b": ck["curve"], "b_val": ck["val_curve"]})
     _update_json(work / "timings.json", {"b": {
-        "seconds": round(ck["t"], 1), "steps": total, "batch": B,
-        "dit_params": _count(model), "conditioner_params": _count(cond_enc),
+        "seconds": round(ck["t"], 1), "steps": ck["step"], "batch": B, "aux": a.aux,
+        "arch": arch, "dit_params": _count(model), "conditioner_params": _count(cond_enc),
         "final_loss_avg": ck["curve"][-1]["ema_loss"], "final_val": ck["val_curve"][-1]}})
 
 
@@ -815,26 +932,56 @@ def build_backbone(work: Path):
     from hoiguide.backbones import HunyuanBackbone
 
     sd = torch.load(work / "stage_b.pt", weights_only=False)
-    bb = HunyuanBackbone.from_config(tiny_generator_config(), seed=0)
+    bb = HunyuanBackbone.from_config(tiny_generator_config(sd["arch"]), seed=0)
     bb.model.load_state_dict(sd["model"])
     bb.conditioner.load_state_dict(sd["conditioner"])
     bb.vae.load_state_dict(sd["vae"])
     return bb
 
 
+def training_objects(data: dict[str, Any], a: argparse.Namespace, arch: dict[str, Any]
+                     ) -> dict[str, Any]:
+    """What ``training_objects.json`` records: every object spec the generator was trained or
+    validated on, the procedural seed split and the generator frame."""
+    from hoiguide.synth.objects import EVAL_SEEDS, TRAIN_SEEDS, VAL_SEEDS
+
+    def rng_of(r: range) -> list[int]:
+        return [r.start, r.stop - 1]
+
+    return {
+        "format": 1,
+        "description": "objects the generator saw: 'train' shapes were fitted, 'val' shapes "
+                       "chose the configuration; neither belongs in a benchmark table",
+        "train": [s for s, p in zip(data["specs"], data["split"]) if p == "train"],
+        "val": [s for s, p in zip(data["specs"], data["split"]) if p == "val"],
+        "procedural_seeds": {"train": rng_of(TRAIN_SEEDS), "val": rng_of(VAL_SEEDS),
+                             "eval": rng_of(EVAL_SEEDS)},
+        "generator_frame": "view-aligned: the sample is the object in the input camera's "
+                           "orientation (OpenCV axes: +x right, +y down, +z forward), "
+                           "bounding-box centre at the origin, longest side 1.8",
+        "arch": arch, "seed": a.seed,
+    }
+
+
 def stage_export(a: argparse.Namespace) -> None:
     work = Path(a.work)
     bb = build_backbone(work)
+    sd = torch.load(work / "stage_b.pt", weights_only=False)
+    data = torch.load(work / "data.pt", weights_only=False)
     tmp = work / "export"
     if tmp.exists():
         shutil.rmtree(tmp)
     folder = bb.save_pretrained(tmp, subfolder=None, variant=None)
+    with open(folder / "training_objects.json", "w") as f:
+        json.dump(training_objects(data, a, sd["arch"]), f, indent=1)
     dest = Path(a.out)
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("config.yaml", "model.safetensors"):
+    names = ("config.yaml", "model.safetensors", "training_objects.json")
+    for name in names:
         shutil.copyfile(folder / name, dest / name)
-    sizes = {n: (dest / n).stat().st_size for n in ("config.yaml", "model.safetensors")}
-    _update_json(work / "timings.json", {"export": {"bytes": sizes, "dest": str(dest)}})
+    sizes = {n: (dest / n).stat().st_size for n in names}
+    _update_json(work / "timings.json", {"export": {"bytes": sizes, "dest": str(dest),
+                                                    "step": sd.get("step")}})
     log.info("export: wrote %s (%s)", dest, sizes)
 
 
@@ -845,34 +992,6 @@ def chamfer(a_pts: np.ndarray, b_pts: np.ndarray) -> float:
     d1 = cKDTree(b_pts).query(a_pts)[0]
     d2 = cKDTree(a_pts).query(b_pts)[0]
     return float(0.5 * (d1.mean() + d2.mean()))
-
-
-def _cube_rotations() -> np.ndarray:
-    """The 24 proper rotations that map the coordinate axes onto each other."""
-    import itertools
-
-    out = []
-    for perm in itertools.permutations(range(3)):
-        for signs in itertools.product((1, -1), repeat=3):
-            R = np.zeros((3, 3))
-            for i, (j, sgn) in enumerate(zip(perm, signs)):
-                R[i, j] = sgn
-            if np.linalg.det(R) > 0:
-                out.append(R)
-    return np.stack(out)
-
-
-_ROTS = _cube_rotations()
-
-
-def chamfer_axes(a_pts: np.ndarray | None, b_pts: np.ndarray, n: int = 1024) -> float:
-    """Chamfer after the best of the 24 axis-permuting rotations of ``a_pts`` (the shape
-    right up to which of the object's axes is which: the orientation an image from an
-    unknown viewpoint cannot always tell; hoiguide's alignment chain searches rotations)."""
-    if a_pts is None:
-        return float("nan")
-    a_s, b_s = a_pts[:n], b_pts[:n]
-    return min(chamfer(a_s @ R.T, b_s) for R in _ROTS)
 
 
 def stage_eval(a: argparse.Namespace) -> None:
@@ -888,11 +1007,12 @@ def stage_eval(a: argparse.Namespace) -> None:
                                              local_files_only=True)
     else:
         bb = build_backbone(work)
+    size = int(bb.conditioner.main_image_encoder.model.config.image_size)
+    images = load_images(work, data["names"], size)
     tr, va = sa["train_idx"].numpy(), sa["val_idx"].numpy()
     rng = np.random.default_rng([a.seed, 40])
     n = len(va)
     res = a.eval_res
-    surf = data["surface"].numpy()
 
     def mesh_pts(latent: torch.Tensor, seed: int) -> np.ndarray | None:
         m = latent_to_mesh(bb, latent[None], res)
@@ -900,17 +1020,16 @@ def stage_eval(a: argparse.Namespace) -> None:
             return None
         return sample_surface(m.to(dtype=torch.float64), 4096, seed=seed)
 
-    def cd(p: np.ndarray | None, k: int) -> float:
-        return chamfer(p, surf[va[k]]) if p is not None else float("nan")
-
     t0 = time.time()
     rows = []
     perm = (np.arange(n) + 1 + rng.integers(0, n - 1, size=n)) % n   # a different shape
     perm = np.where(perm == np.arange(n), (perm + 1) % n, perm)
     rand_tr = rng.choice(tr, size=n)
+    rand_tr_pts = [view_points(data, int(i), 0) for i in rand_tr]
     for view in (0, 1):
-        imgs = [data["images"][int(i)][view].numpy() for i in va]
-        latents = {}
+        truth = [view_points(data, int(i), view) for i in va]
+        imgs = [images[int(i)][view].numpy() for i in va]
+        pts = {}
         for w in a.cfg:
             lat = []
             for s in range(0, n, 16):
@@ -921,32 +1040,55 @@ def stage_eval(a: argparse.Namespace) -> None:
                                   latents=torch.randn((len(chunk), *bb.latent_shape),
                                                       generator=torch.Generator().manual_seed(
                                                           a.seed + s))))
-            latents[w] = torch.cat(lat)
-        pts = {w: [mesh_pts(latents[w][k], k) for k in range(n)] for w in a.cfg}
+            lat = torch.cat(lat)
+            pts[w] = [mesh_pts(lat[k], k) for k in range(n)]
         for k in range(n):
-            row = {"name": data["names"][int(va[k])], "view": view,
-                   "occluded": bool(data["occluded"][int(va[k])][view])}
+            i = int(va[k])
+            row = {"name": data["names"][i], "family": data["families"][i], "view": view,
+                   "occluded": bool(data["occluded"][i][view])}
             for w in a.cfg:
-                row[f"cd_w{w:g}"] = cd(pts[w][k], k)
-                # (b) the sample made from ANOTHER validation shape's image, vs this shape
-                row[f"cd_shuffled_w{w:g}"] = cd(pts[w][perm[k]], k)
-                row[f"cdaxes_w{w:g}"] = chamfer_axes(pts[w][k], surf[va[k]])
-                row[f"cdaxes_shuffled_w{w:g}"] = chamfer_axes(pts[w][perm[k]], surf[va[k]])
-            row["cd_random_train"] = chamfer(surf[rand_tr[k]], surf[va[k]])
-            row["cdaxes_random_train"] = chamfer_axes(surf[rand_tr[k]], surf[va[k]])
-            if view == 0:
-                row["cd_stage_a_latent"] = cd(mesh_pts(sa["z_val"][k], k), k)
+                p, q = pts[w][k], pts[w][perm[k]]
+                row[f"cd_w{w:g}"] = chamfer(p, truth[k]) if p is not None else float("nan")
+                # the sample made from ANOTHER validation shape's image, vs this shape
+                row[f"cd_shuffled_w{w:g}"] = (chamfer(q, truth[k]) if q is not None
+                                              else float("nan"))
+            row["cd_random_train"] = chamfer(rand_tr_pts[k], truth[k])
+            row["cd_stage_a_latent"] = (lambda p: chamfer(p, truth[k]) if p is not None
+                                        else float("nan"))(mesh_pts(sa["z_val"][k][view], k))
             rows.append(row)
         log.info("eval view %d done (%.0f s)", view, time.time() - t0)
     summary = _summarise(rows, a.cfg)
     out = {"rows": rows, "summary": summary, "steps": a.eval_steps, "resolution": res,
            "seconds": round(time.time() - t0, 1)}
-    with open(work / "eval.json", "w") as f:
+    name = f"eval_s{a.eval_steps}.json"
+    with open(work / name, "w") as f:
         json.dump(out, f, indent=1)
-    log.info("eval summary: %s", json.dumps(summary, indent=1))
-    _update_json(work / "timings.json", {"eval": {"seconds": out["seconds"]}})
+    log.info("eval summary (%s): %s", name, json.dumps(_headline(summary, a.cfg), indent=1))
+    _update_json(work / "timings.json", {f"eval_s{a.eval_steps}": {"seconds": out["seconds"]}})
     if a.figures:
-        make_figures(a, bb, data, sa)
+        make_figures(a, bb, data, sa, images)
+
+
+def _group_summary(rs: list[dict[str, Any]], cfgs: list[float]) -> dict[str, Any]:
+    d: dict[str, Any] = {"n": len(rs)}
+    keys = sorted({k for r in rs for k in r if k.startswith("cd_")})
+    for k in keys:
+        v = np.array([r[k] for r in rs if k in r], float)
+        d[k] = {"mean": float(np.nanmean(v)) if (~np.isnan(v)).any() else float("nan"),
+                "median": float(np.nanmedian(v)) if (~np.isnan(v)).any() else float("nan"),
+                "empty": int(np.isnan(v).sum())}
+    for w in cfgs:
+        x = np.array([r[f"cd_w{w:g}"] for r in rs], float)
+        y = np.array([r[f"cd_shuffled_w{w:g}"] for r in rs], float)
+        c = np.array([r["cd_random_train"] for r in rs], float)
+        # an empty sample loses; a sample that beats an empty other sample wins
+        own = np.where(np.isnan(x), np.inf, x)
+        other = np.where(np.isnan(y), np.inf, y)
+        both = ~(np.isinf(own) & np.isinf(other))
+        d[f"w{w:g}_beats_shuffled_frac"] = float((own[both] < other[both]).mean())
+        d[f"w{w:g}_beats_random_train_frac"] = float((own < c).mean())
+        d[f"w{w:g}_empty_frac"] = float(np.isnan(x).mean())
+    return d
 
 
 def _summarise(rows: list[dict[str, Any]], cfgs: list[float]) -> dict[str, Any]:
@@ -955,38 +1097,46 @@ def _summarise(rows: list[dict[str, Any]], cfgs: list[float]) -> dict[str, Any]:
               "occluded_inpainted": [r for r in rows if r["view"] == 1 and r["occluded"]],
               "all": rows}
     for g, rs in groups.items():
-        if not rs:
-            continue
-        d: dict[str, Any] = {"n": len(rs)}
-        keys = sorted({k for r in rs for k in r if k.startswith(("cd_", "cdaxes_"))})
-        for k in keys:
-            v = np.array([r[k] for r in rs if k in r], float)
-            d[k] = {"mean": float(np.nanmean(v)), "median": float(np.nanmedian(v)),
-                    "empty": int(np.isnan(v).sum())}
-        for w in cfgs:
-            a = np.array([r[f"cd_w{w:g}"] for r in rs], float)
-            b = np.array([r[f"cd_shuffled_w{w:g}"] for r in rs], float)
-            c = np.array([r["cd_random_train"] for r in rs], float)
-            ok = ~np.isnan(a) & ~np.isnan(b)
-            d[f"w{w:g}_beats_shuffled_frac"] = float((a[ok] < b[ok]).mean())
-            ok = ~np.isnan(a)
-            d[f"w{w:g}_beats_random_train_frac"] = float((a[ok] < c[ok]).mean())
-            ax = np.array([r[f"cdaxes_w{w:g}"] for r in rs], float)
-            bx = np.array([r[f"cdaxes_shuffled_w{w:g}"] for r in rs], float)
-            ok = ~np.isnan(ax) & ~np.isnan(bx)
-            d[f"w{w:g}_axes_beats_shuffled_frac"] = float((ax[ok] < bx[ok]).mean())
-        out[g] = d
+        if rs:
+            out[g] = _group_summary(rs, cfgs)
+    fams = sorted({r["family"] for r in rows})
+    out["families"] = {f: _group_summary([r for r in rows if r["family"] == f], cfgs)
+                       for f in fams}
     return out
 
 
-def make_figures(a: argparse.Namespace, bb, data, sa) -> None:
-    """Training curves and a contact sheet (input image | generated mesh | true shape)."""
+def _headline(summary: dict[str, Any], cfgs: list[float]) -> dict[str, Any]:
+    """The acceptance numbers: own-vs-other, median Chamfer, empty fraction, overall and the
+    worst family."""
+    out = {}
+    for w in cfgs:
+        al = summary["all"]
+        fam = summary["families"]
+        out[f"cfg {w:g}"] = {
+            "own_beats_other": round(al[f"w{w:g}_beats_shuffled_frac"], 3),
+            "median_cd": round(al[f"cd_w{w:g}"]["median"], 4),
+            "empty": round(al[f"w{w:g}_empty_frac"], 4),
+            "upper_bound_median_cd": round(al["cd_stage_a_latent"]["median"], 4),
+            "random_train_median_cd": round(al["cd_random_train"]["median"], 4),
+            "worst_family_own_beats_other": min(
+                (round(f[f"w{w:g}_beats_shuffled_frac"], 3), k) for k, f in fam.items()),
+            "worst_family_median_cd": max(
+                (round(f[f"cd_w{w:g}"]["median"], 4), k) for k, f in fam.items()),
+        }
+    return out
+
+
+def make_figures(a: argparse.Namespace, bb, data, sa, images) -> None:
+    """Training curves and a contact sheet (input | truth | sample, clean and inpainted),
+    meshes in the view-aligned generator frame seen from above the camera's right."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from hoiguide.guidance.sampler import latent_to_mesh, sample
+    from hoiguide.synth.objects import load_object
+    from hoiguide.types import Mesh
 
     work = Path(a.work)
     docs = REPO / "docs" / "images"
@@ -996,10 +1146,7 @@ def make_figures(a: argparse.Namespace, bb, data, sa) -> None:
     fig, ax = plt.subplots(1, 2, figsize=(11, 3.8))
     ca = curves["a"]
     ax[0].plot([c["step"] for c in ca], [c["ema_loss"] for c in ca], label="train shapes")
-    cv = curves.get("a_val", [])
-    ax[0].plot([c["step"] for c in cv], [c["ema_loss"] for c in cv],
-               label="val shapes (decoder frozen)")
-    ax[0].set_title(f"stage A ({getattr(a, 'a_mode', 'encoder')}), L1 on truncated SDF")
+    ax[0].set_title("stage A (encoder, random rotations), L1 on truncated SDF")
     ax[0].set_xlabel("step")
     ax[0].set_yscale("log")
     ax[0].legend()
@@ -1016,81 +1163,61 @@ def make_figures(a: argparse.Namespace, bb, data, sa) -> None:
     ax[1].set_xlabel("step")
     ax[1].legend()
     fig.tight_layout()
-    fig.savefig(docs / "tiny_training_curves.png", dpi=90)
+    fig.savefig(docs / f"{a.fig_prefix}_training_curves.png", dpi=90)
     plt.close(fig)
 
-    # contact sheet: validation shapes, procedural first then pybullet
+    # contact sheet: one validation shape per family, then a few pybullet ones
     va = sa["val_idx"].numpy()
-    names = [data["names"][int(i)] for i in va]
+    fams = [data["families"][int(i)] for i in va]
     rng = np.random.default_rng([a.seed, 50])
-    proc = [k for k, nm in enumerate(names) if nm.startswith("proc_")]
-    pyb = [k for k, nm in enumerate(names) if nm.startswith("pybullet_")]
-    kinds_seen, pick = set(), []
-    for k in proc:
-        kind = names[k].split("_")[1]
-        if kind not in kinds_seen:
-            kinds_seen.add(kind)
+    pick, seen = [], set()
+    for k, f in enumerate(fams):
+        if f != "pybullet" and f not in seen:
+            seen.add(f)
             pick.append(k)
-    pick = pick[:8] + list(rng.choice(pyb, size=4, replace=False))
-    w = a.cfg[0]
-    fig, axes = plt.subplots(len(pick), 4, figsize=(8, 2.0 * len(pick)),
-                             subplot_kw={})
+    pyb = [k for k, f in enumerate(fams) if f == "pybullet"]
+    if pyb:
+        pick += list(rng.choice(pyb, size=min(4, len(pyb)), replace=False))
+    w = 5.0 if 5.0 in a.cfg else a.cfg[0]
+    cols = ["input (clean)", "truth", "sample", "input (inpainted)", "truth", "sample"]
+    fig, axes = plt.subplots(len(pick), 6, figsize=(9, 1.55 * len(pick)))
+    axes = np.atleast_2d(axes)
     for r, k in enumerate(pick):
         i = int(va[k])
-        crop = data["crops"][i][0].numpy()
-        img = data["images"][i][0].numpy()
-        lat = sample(bb, np.ascontiguousarray(img), num_steps=a.eval_steps, guidance_scale=w,
-                     seed=k)
-        m = latent_to_mesh(bb, lat, a.eval_res)
-        occ_img = data["images"][i][1].numpy()
-        lat2 = sample(bb, np.ascontiguousarray(occ_img), num_steps=a.eval_steps,
-                      guidance_scale=w, seed=k)
-        m2 = latent_to_mesh(bb, lat2, a.eval_res)
-        axes[r, 0].imshow(crop)
-        axes[r, 0].set_title(names[k], fontsize=7)
-        axes[r, 1].imshow(_mesh_image(m))
-        axes[r, 1].set_title("sample (clean view)", fontsize=7)
-        axes[r, 2].imshow(occ_img)
-        axes[r, 2].set_title("inpainted view", fontsize=7)
-        axes[r, 3].imshow(_mesh_image(m2))
-        axes[r, 3].set_title("sample (inpainted)", fontsize=7)
-        for c in range(4):
-            axes[r, c].axis("off")
+        spec = data["specs"][i]
+        obj = load_object(spec, rng=np.random.default_rng([a.seed, 2, 0]))
+        V = obj.vertices.double()
+        lo, hi = V.min(0).values, V.max(0).values
+        Vc = ((V - 0.5 * (lo + hi)) * (GEN_BOX_SIDE / float((hi - lo).max()))).numpy()
+        for v in (0, 1):
+            R = data["rots"][i][v]
+            c, s = view_frame(data["hull"][i], R)
+            truth = Mesh(torch.from_numpy(s * (Vc @ R.T - c)), obj.faces)
+            img = images[i][v].numpy()
+            lat = sample(bb, np.ascontiguousarray(img), num_steps=a.eval_steps,
+                         guidance_scale=w, seed=k)
+            m = latent_to_mesh(bb, lat, a.eval_res)
+            axes[r, 3 * v].imshow(img)
+            axes[r, 3 * v + 1].imshow(_mesh_image(truth, (0.75, 0.75, 0.75)))
+            axes[r, 3 * v + 2].imshow(_mesh_image(m))
+        axes[r, 0].set_ylabel(spec.replace("procedural:", ""), fontsize=6)
+        for cc in range(6):
+            axes[r, cc].set_xticks([])
+            axes[r, cc].set_yticks([])
+            if r == 0:
+                axes[r, cc].set_title(cols[cc], fontsize=7)
     fig.tight_layout()
-    fig.savefig(docs / "tiny_contact_sheet.png", dpi=80)
+    fig.savefig(docs / f"{a.fig_prefix}_contact_sheet.png", dpi=80)
     plt.close(fig)
-    # truth next to the generated shape for the same rows (object frame, fixed view)
-    fig, axes = plt.subplots(2, len(pick), figsize=(1.6 * len(pick), 3.4))
-    from hoiguide.types import Mesh
-
-    for c, k in enumerate(pick):
-        i = int(va[k])
-        z = np.load(Path(a.work) / "shapes" / f"{names[k]}.npz")
-        pts = z["surface"]
-        img = data["images"][i][0].numpy()
-        lat = sample(bb, np.ascontiguousarray(img), num_steps=a.eval_steps, guidance_scale=w,
-                     seed=k)
-        m = latent_to_mesh(bb, lat, a.eval_res)
-        axes[0, c].imshow(_points_image(pts))
-        axes[0, c].set_title(names[k].replace("pybullet_", "pb "), fontsize=6)
-        axes[1, c].imshow(_mesh_image(m))
-        for r in range(2):
-            axes[r, c].axis("off")
-    axes[0, 0].text(-0.1, 0.5, "true", transform=axes[0, 0].transAxes, rotation=90,
-                    va="center", ha="right")
-    axes[1, 0].text(-0.1, 0.5, "sample", transform=axes[1, 0].transAxes, rotation=90,
-                    va="center", ha="right")
-    fig.tight_layout()
-    fig.savefig(docs / "tiny_truth_vs_sample.png", dpi=80)
-    plt.close(fig)
-    del Mesh
 
 
-_VIEW_DIR = np.array([0.55, -0.6, -0.58])
+_VIEW_DIR = np.array([0.45, -0.5, -0.74])   # from the camera's side, above and to the right
 
 
-def _mesh_image(mesh, size: int = 160) -> np.ndarray:
-    """A shaded picture of a generator-frame mesh from a fixed viewpoint (object frame)."""
+def _mesh_image(mesh, col=(0.55, 0.7, 0.9), size: int = 128, view=_VIEW_DIR,
+                up=(0, -1, 0)) -> np.ndarray:
+    """A shaded picture of a generator-frame mesh (longest side about 1.8) seen from the
+    direction ``view``."""
     from hoiguide.render import render
     from hoiguide.synth.cameras import look_at
     from hoiguide.types import Camera
@@ -1098,39 +1225,51 @@ def _mesh_image(mesh, size: int = 160) -> np.ndarray:
     img = np.full((size, size, 3), 255, np.uint8)
     if mesh.is_empty:
         return img
-    d = _VIEW_DIR / np.linalg.norm(_VIEW_DIR)
-    w2c = look_at(d * 4.0, np.zeros(3), up=(0, -1, 0))
+    d = np.asarray(view, np.float64) / np.linalg.norm(view)
+    w2c = look_at(d * 4.0, np.zeros(3), up=up)
     f = 0.5 * size / math.tan(math.radians(17))
     cam = Camera(f, f, size / 2, size / 2, size, size)
     r = render([mesh.to(dtype=torch.float64).transformed(w2c)], cam)
     n = r.normals.numpy()
     hit = r.mesh_id.numpy() >= 0
-    light = np.array([0.4, -0.5, -0.75])
+    light = np.array([0.4, -0.5, -0.75])    # camera frame: from the upper left, front
     light /= np.linalg.norm(light)
-    s = np.clip(n @ light, 0, 1) * 0.75 + 0.25
-    col = np.array([0.55, 0.7, 0.9])
-    img[hit] = (255 * s[hit, None] * col).astype(np.uint8)
+    s = np.abs(n @ light) * 0.75 + 0.25
+    img[hit] = (255 * s[hit, None] * np.asarray(col)).astype(np.uint8)
     return img
 
 
-def _points_image(pts: np.ndarray, size: int = 160) -> np.ndarray:
-    """The true shape (surface points splatted with a z-buffer) from the same viewpoint."""
-    from hoiguide.synth.cameras import look_at
+def stage_sheet(a: argparse.Namespace) -> None:
+    """Contact sheet of the procedural families: ``--sheet-seeds`` validation instances per
+    family (rows), each in its object frame (metres, +z its axis) seen from above the front;
+    written to ``docs/images/procedural_families.png``."""
+    import matplotlib
 
-    d = _VIEW_DIR / np.linalg.norm(_VIEW_DIR)
-    w2c = look_at(d * 4.0, np.zeros(3), up=(0, -1, 0))
-    q = w2c.apply(torch.from_numpy(pts.astype(np.float64))).numpy()
-    f = 0.5 * size / math.tan(math.radians(17))
-    u = (f * q[:, 0] / q[:, 2] + size / 2).astype(int)
-    v = (f * q[:, 1] / q[:, 2] + size / 2).astype(int)
-    img = np.full((size, size, 3), 255, np.uint8)
-    order = np.argsort(-q[:, 2])
-    zmin, zmax = q[:, 2].min(), q[:, 2].max()
-    for j in order:
-        if 0 <= u[j] < size - 1 and 0 <= v[j] < size - 1:
-            g = int(60 + 150 * (q[j, 2] - zmin) / max(zmax - zmin, 1e-6))
-            img[v[j]:v[j] + 2, u[j]:u[j] + 2] = (g, g, min(255, g + 40))
-    return img
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hoiguide.synth.objects import FAMILIES, VAL_SEEDS, load_object
+
+    n = a.sheet_seeds
+    fig, axes = plt.subplots(len(FAMILIES), n, figsize=(1.25 * n, 1.25 * len(FAMILIES)))
+    for r, (name, fam) in enumerate(FAMILIES.items()):
+        for c in range(n):
+            seed = VAL_SEEDS[c]
+            m = load_object(f"procedural:{name}@{seed}", rng=np.random.default_rng(0))
+            V = m.vertices.double()
+            L = float(m.metadata["size"])
+            gen = type(m)(V * (GEN_BOX_SIDE / L), m.faces)
+            axes[r, c].imshow(_mesh_image(gen, (0.85, 0.6, 0.35), size=112,
+                                          view=(0.55, -0.75, 0.45), up=(0, 0, 1)))
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+            axes[r, c].set_xlabel(f"@{seed}  {100 * L:.1f} cm", fontsize=5, labelpad=1)
+        axes[r, 0].set_ylabel(name, fontsize=7)
+    fig.tight_layout(pad=0.3)
+    out = REPO / "docs" / "images" / "procedural_families.png"
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    log.info("sheet: wrote %s", out)
 
 
 # --------------------------------------------------------------------------------------
@@ -1142,45 +1281,65 @@ def _update_json(path: Path, entries: dict[str, Any]) -> None:
         with open(path) as f:
             d = json.load(f)
     d.update(entries)
-    with open(path, "w") as f:
+    tmp = str(path) + ".tmp"
+    with open(tmp, "w") as f:
         json.dump(d, f, indent=1)
+    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--stage", default="all",
-                   choices=["data", "a", "b", "eval", "export", "all"])
+                   choices=["data", "a", "b", "eval", "export", "all", "sheet"])
     p.add_argument("--work", default="/tmp/tiny_work")
-    p.add_argument("--out", default=str(REPO / "hoiguide" / "backbones" / "weights" / "tiny"))
+    p.add_argument("--out", default=str(REPO / "hoiguide" / "backbones" / "weights" / "tiny_v2"),
+                   help="exported weights folder (a new folder: the bundled weights/tiny is "
+                        "replaced only on purpose)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1: on a shared 2-core machine 2 threads were 7x slower "
                         "from oversubscription)")
     p.add_argument("--workers", type=int, default=2, help="processes for the data stage")
     p.add_argument("--limit", type=int, default=0, help="use only this many shapes (debug)")
-    p.add_argument("--proc-train", type=int, default=20)
-    p.add_argument("--proc-val", type=int, default=3)
-    p.add_argument("--views", type=int, default=4, help="views per training shape")
+    p.add_argument("--families", default="all",
+                   help="procedural families: 'all', 'none' or a comma list")
+    p.add_argument("--no-pybullet", action="store_true", help="no random_urdfs shapes (debug)")
+    p.add_argument("--fam-train", type=int, default=30,
+                   help="training instances per family (the first training seeds)")
+    p.add_argument("--fam-val", type=int, default=5,
+                   help="validation instances per family (the first validation seeds)")
+    p.add_argument("--views", type=int, default=8, help="views per training shape")
     p.add_argument("--occluded", type=float, default=40.0, help="%% of views with a hand")
-    p.add_argument("--steps-a", type=int, default=3000)
-    p.add_argument("--steps-a-val", type=int, default=600,
-                   help="autodecode mode: steps fitting the validation latents")
-    p.add_argument("--a-mode", choices=["encoder", "autodecode"], default="encoder",
-                   help="latents from a point encoder (default) or by auto-decoding")
+    for k, v in ARCH_DEFAULT.items():
+        if k == "latents":
+            p.add_argument("--latents", type=int, nargs=2, default=v,
+                           metavar=("NUM", "CHANNELS"))
+        else:
+            p.add_argument("--" + k.replace("_", "-"), dest=k, type=int, default=v)
+    p.add_argument("--enc-width", type=int, default=64, help="stage-A point encoder width")
+    p.add_argument("--steps-a", type=int, default=4000)
     p.add_argument("--noise-a", type=float, default=0.15,
-                   help="encoder mode: latent noise std during stage A")
+                   help="latent noise std during stage A")
     p.add_argument("--t-sampling", choices=["mix", "uniform"], default="mix")
     p.add_argument("--lr-a", type=float, default=1e-3)
-    p.add_argument("--steps-b", type=int, default=7000)
+    p.add_argument("--steps-b", type=int, default=10000)
+    p.add_argument("--lr-horizon", type=int, default=0,
+                   help="steps of the cosine learning-rate schedule (default --steps-b)")
     p.add_argument("--batch-b", type=int, default=32)
     p.add_argument("--lr-b", type=float, default=1e-3)
+    p.add_argument("--aux", type=float, default=0.0,
+                   help="weight of the auxiliary latent regression from the conditioner")
     p.add_argument("--ema", type=float, default=0.999)
-    p.add_argument("--eval-steps", type=int, default=30)
+    p.add_argument("--eval-steps", type=int, default=20)
     p.add_argument("--eval-res", type=int, default=64)
     p.add_argument("--cfg", type=float, nargs="+", default=[3.0, 5.0])
     p.add_argument("--eval-exported", action="store_true",
                    help="evaluate the exported package weights (through from_pretrained)")
     p.add_argument("--no-figures", dest="figures", action="store_false")
+    p.add_argument("--sheet-seeds", type=int, default=6,
+                   help="stage sheet: validation instances per family")
+    p.add_argument("--fig-prefix", default="tiny_v2",
+                   help="figure file names in docs/images: PREFIX_training_curves.png, ...")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                         datefmt="%H:%M:%S")
@@ -1190,9 +1349,8 @@ def main(argv: list[str] | None = None) -> None:
     for s in stages:
         t0 = time.time()
         log.info("=== stage %s", s)
-        fa = stage_a_encoder if a.a_mode == "encoder" else stage_a
-        {"data": stage_data, "a": fa, "b": stage_b, "eval": stage_eval,
-         "export": stage_export}[s](a)
+        {"data": stage_data, "a": stage_a, "b": stage_b, "eval": stage_eval,
+         "export": stage_export, "sheet": stage_sheet}[s](a)
         log.info("=== stage %s done in %.0f s", s, time.time() - t0)
 
 

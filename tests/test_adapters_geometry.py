@@ -1,4 +1,4 @@
-"""hoiguide.adapters.geometry against MoGe's documented ``infer`` output (MoGe is not on PyPI):
+"""hoiguide.adapters.moge against MoGe's documented ``infer`` output (MoGe is not on PyPI):
 a fake model returns exactly that format (normalised intrinsics, inf for invalid pixels)."""
 
 import importlib.machinery

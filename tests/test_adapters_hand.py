@@ -15,7 +15,7 @@ import torch
 from hoiguide.adapters import (HandEstimate, HaMeREstimator, MediaPipeHandEstimator,
                                NoDetectionError, WeightsNotFoundError, fit_hand_to_keypoints,
                                hamer_to_hand_estimate, mediapipe_to_keypoints)
-from hoiguide.adapters.hand import _keypoint_model
+from hoiguide.adapters.keypoint_fit import _keypoint_model
 from hoiguide.hands import MANO_TIP_IDS_SMPLX, ManoLayer, ProceduralHand
 from hoiguide.rotations import axis_angle_to_matrix
 from hoiguide.types import Camera

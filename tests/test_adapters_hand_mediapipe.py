@@ -18,7 +18,7 @@ import torch
 
 pytest.importorskip("mediapipe", reason="install with scripts/setup.sh (mediapipe --no-deps)")
 
-from hoiguide.adapters.hand import MediaPipeHandEstimator  # noqa: E402
+from hoiguide.adapters.mediapipe_hand import MediaPipeHandEstimator  # noqa: E402
 from hoiguide.synth import make_scene  # noqa: E402
 
 

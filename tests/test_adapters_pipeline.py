@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 
-from analytic_backbone import GaussianGridBackbone
+from hoiguide.testing import GaussianGridBackbone
 from hoiguide.types import Camera, Mesh
 
 GUIDANCE = {"num_steps": 2, "max_iterations": 1, "grid_resolution": 12, "render_size": 24,
@@ -43,7 +43,7 @@ def adapter_env() -> dict[str, Any]:
     """The real adapter modules and result classes the stand-in models build on."""
     import hoiguide.adapters.crop as crop_mod
     import hoiguide.adapters.inpainting as inp_mod
-    from hoiguide.adapters.geometry import PointMap
+    from hoiguide.adapters.moge import PointMap
     from hoiguide.adapters.hand import HandEstimate
     from hoiguide.adapters.segmentation import SegmentationResult
 
@@ -289,7 +289,7 @@ def only_result_json(out: Path) -> None:
 @pytest.fixture(scope="module")
 def right_run(truth, tmp_path_factory):
     """One real run on the right-hand scene (shared by several tests)."""
-    from hoiguide.adapters.pipeline import reconstruct_image
+    from hoiguide.apps.photo import reconstruct_image
 
     mp = pytest.MonkeyPatch()
     try:
@@ -369,7 +369,7 @@ def test_meshes_are_in_the_photos_camera_frame(right_run, truth):
 def test_left_hand_is_mirrored_in_and_out(truth, env, tmp_path):
     """The mirror image of the scene with left_hand=True: the models see the original
     (right-hand) crop and the saved meshes are mirrored back onto the mirrored truth."""
-    from hoiguide.adapters.pipeline import reconstruct_image
+    from hoiguide.apps.photo import reconstruct_image
 
     left = truth.flipped()
     models = make_models(left, env["rec"], env, mediapipe=True)
@@ -401,7 +401,7 @@ def test_guided_reconstruct_from_an_image(truth, env):
     import hoiguide
 
     models = make_models(truth, env["rec"], env)
-    with pytest.raises(NotImplementedError, match="image or observations"):
+    with pytest.raises(TypeError, match="image. or .observations"):
         hoiguide.guided_reconstruct(backbone=models.backbone)
     rec = hoiguide.guided_reconstruct(image=truth.image, models=models, object_name="bottle",
                                       schedule="fast", options=GUIDANCE, progress=False,
@@ -413,7 +413,7 @@ def test_guided_reconstruct_from_an_image(truth, env):
 
 # ====================================================================== failures
 def run_failing(truth, env, tmp_path, **kw):
-    from hoiguide.adapters.pipeline import reconstruct_image
+    from hoiguide.apps.photo import reconstruct_image
 
     image = kw.pop("image", truth.image)
     models = make_models(truth, env["rec"], env, **kw)
@@ -475,7 +475,7 @@ def test_a_failure_replaces_an_earlier_output(right_run, truth, env, tmp_path):
     the new result.json (no stale meshes that look like this run's)."""
     import shutil
 
-    from hoiguide.adapters.pipeline import reconstruct_image
+    from hoiguide.apps.photo import reconstruct_image
 
     out = tmp_path / "out"
     shutil.copytree(right_run["out"], out)
@@ -486,7 +486,7 @@ def test_a_failure_replaces_an_earlier_output(right_run, truth, env, tmp_path):
 
 
 def test_foreign_output_folder_is_refused(truth, env, tmp_path):
-    from hoiguide.adapters.pipeline import reconstruct_image
+    from hoiguide.apps.photo import reconstruct_image
 
     out = tmp_path / "mine"
     out.mkdir()
@@ -773,7 +773,7 @@ def test_real_tiny_segmenter_plugs_in(truth, env, tmp_path):
     but through the chain's own checks (a status naming what was missing), never an
     interface error ("<stage> failed"), and a failed run leaves only result.json."""
     pytest.importorskip("transformers")
-    from hoiguide.adapters.pipeline import reconstruct_image
+    from hoiguide.apps.photo import reconstruct_image
     from hoiguide.adapters.segmentation import TextSegmenter
 
     models = make_models(truth, env["rec"], env).replace(segmenter=TextSegmenter.from_config())

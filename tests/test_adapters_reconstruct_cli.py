@@ -1,4 +1,4 @@
-"""`hoiguide reconstruct IMAGE --out DIR --models FILE.yaml` (hoiguide.adapters.reconstruct_cli)
+"""`hoiguide reconstruct IMAGE --out DIR --models FILE.yaml` (hoiguide.cli.reconstruct)
 on the session's synthetic scene, with every model named in the models YAML by a
 ``factory: module:callable`` that returns the ground-truth stand-ins of
 test_adapters_pipeline.py (and the analytic generator)."""
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import yaml
 
-from analytic_backbone import GaussianGridBackbone
-from hoiguide.adapters.reconstruct_cli import add_reconstruct_parser, cmd_reconstruct, main
+from hoiguide.testing import GaussianGridBackbone
+from hoiguide.cli.reconstruct import add_reconstruct_parser, cmd_reconstruct, main
 from test_adapters_pipeline import (GUIDANCE, PIPELINE, FakeGeometry, FakeHaMeR,
                                     FakeSegmenter, Recorder, Truth, adapter_env,
                                     only_result_json, png_bytes)

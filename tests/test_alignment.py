@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from analytic_backbone import make_scene, similarity_about
+from hoiguide.testing import make_scene, similarity_about
 from hoiguide.alignment import (AlignmentOptions, align_frames, build_observations, partial_points,
                                 visible_points)
 from hoiguide.geometry import point_map_from_depth, sample_surface

@@ -6,11 +6,12 @@ import json
 import shutil
 from importlib import resources
 
+import numpy as np
 import pytest
 import torch
 
 import hoiguide
-from analytic_backbone import GaussianGridBackbone, make_scene
+from hoiguide.testing import GaussianGridBackbone, make_scene
 from hoiguide.types import Mesh
 
 SMALL = {"max_iterations": 2, "grid_resolution": 16, "render_size": 32, "final_resolution": 17}
@@ -34,16 +35,16 @@ def test_public_names():
 
 
 def test_missing_components_raise_clear_errors(backbone, scene):
-    with pytest.raises(NotImplementedError, match="image or observations"):
+    with pytest.raises(TypeError, match="missing 1 required argument: 'image' or 'observations'"):
         hoiguide.guided_reconstruct(backbone=backbone)
     # an image runs the adapter chain; a model that cannot be built is named (no downloads)
     from hoiguide.adapters import ModelLoadError, Models
 
-    models = Models.from_dict({"segmentation": {"factory": f"{__name__}:_no_weights"}})
+    models = Models.from_dict({"segmentation": {"factory": f"python:{__name__}:_no_weights"}})
     with pytest.raises((ModelLoadError, FileNotFoundError), match="weights"):
         hoiguide.guided_reconstruct(image=scene.observations.object_image[..., :3],
                                     backbone=backbone, models=models, progress=False)
-    with pytest.raises(NotImplementedError, match="backbone="):
+    with pytest.raises(TypeError, match="missing 1 required argument: 'backbone'"):
         hoiguide.guided_reconstruct(observations=scene.observations)
     with pytest.raises(TypeError, match="Observations"):
         hoiguide.guided_reconstruct(observations={"camera": 1}, backbone=backbone)
@@ -118,3 +119,38 @@ def test_copied_and_edited_preset_takes_effect(backbone, scene, tmp_path):
 
 def _no_weights(**kwargs):
     raise FileNotFoundError("no weights here (test)")
+
+
+_BUILT: list = []
+
+
+def _records_build(**kwargs):
+    _BUILT.append(kwargs)
+    raise AssertionError("a model was built before the arguments were checked")
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(image=np.zeros((32, 32, 3), np.complex64)), "uint8"),
+    (dict(image=np.zeros((32, 32, 3), np.uint8), seed=-1), "seed"),
+    (dict(image=np.zeros((32, 32, 3), np.uint8), object_name=""), "object_name"),
+    (dict(image=np.zeros((32, 32, 3), np.uint8), schedule="no_such_preset"), "no_such_preset"),
+    (dict(image=np.zeros((32, 32, 3), np.uint8), options={"grid_resolutio": 3}),
+     "grid_resolution"),
+])
+def test_arguments_are_checked_before_any_model_is_built(bad, match):
+    """Issue: a float64 image built the generator (18.7 s) before the dtype was reported."""
+    from hoiguide.adapters import Models
+
+    models = Models.from_dict({"generator": {"factory": f"python:{__name__}:_records_build"},
+                               "segmentation": {"factory": f"python:{__name__}:_records_build"}})
+    _BUILT.clear()
+    with pytest.raises((TypeError, ValueError), match=match):
+        hoiguide.guided_reconstruct(models=models, progress=False, **bad)
+    assert _BUILT == []
+
+
+def test_models_accepts_the_cli_names():
+    from hoiguide.adapters import Models
+
+    assert Models.load("offline").describe() == Models.offline().describe()
+    assert Models.load("default").describe() == Models.default().describe()

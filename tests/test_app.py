@@ -1,4 +1,4 @@
-"""hoiguide.app: the Gradio web demo, driven in a real headless browser (Debian's
+"""hoiguide.apps.webapp: the Gradio web demo, driven in a real headless browser (Debian's
 Chromium through playwright): pick a synthetic sample, choose the cheapest preset, run, see
 the 3D result, the pictures, the metrics and the files; the screenshot goes to
 docs/images/app.png. The run uses the bundled tiny generator on the CPU.
@@ -33,7 +33,7 @@ STAGES = ("loading the generator", "making the sample scene", "simulating the ob
 
 
 def test_missing_gradio_is_explained(monkeypatch):
-    import hoiguide.app as app_mod
+    import hoiguide.apps.webapp as app_mod
 
     monkeypatch.setitem(sys.modules, "gradio", None)
     with pytest.raises(ImportError, match=r"pip install 'hoiguide\[app\]'"):
@@ -42,7 +42,7 @@ def test_missing_gradio_is_explained(monkeypatch):
 
 def test_photo_needs_models_and_bad_presets_are_refused(tmp_path):
     pytest.importorskip("gradio")
-    from hoiguide.app import build_app
+    from hoiguide.apps.webapp import build_app
 
     runs = tmp_path / "runs"
     with pytest.raises(ValueError, match="unknown preset 'nope'"):
@@ -75,7 +75,7 @@ def test_app_in_a_real_browser(synth_scene, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     if not CHROMIUM.is_file():
         pytest.skip("needs Debian's chromium (apt-get install chromium)")
-    from hoiguide.app import launch
+    from hoiguide.apps.webapp import launch
 
     app = launch("127.0.0.1", None, block=False, backbone="tiny",
                  samples={"bottle (test scene)": synth_scene}, options=OPTIONS,

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from hoiguide.backbones import FlowBackbone, check_backbone
+from hoiguide.testing import EllipsoidFlowBackbone, GaussianGridBackbone
 from hoiguide.guidance import (TimeConvention, decode_grid, latent_to_mesh, predict_clean,
                                predict_clean_derivative, sample)
 
@@ -29,66 +30,6 @@ def make_object_image(rgb=(200, 60, 30), size=(48, 40)) -> np.ndarray:
     inside = (yy - h / 2) ** 2 / (0.32 * h) ** 2 + (xx - w / 2) ** 2 / (0.25 * w) ** 2 < 1
     img[inside] = [*rgb, 255]
     return img
-
-
-# --------------------------------------------------------------------------------------
-# A deliberately different backbone: the latent parametrises an ellipsoid directly
-# --------------------------------------------------------------------------------------
-
-
-class EllipsoidFlowBackbone:
-    """Analytic flow backbone. Latent ``(2, 3)``: row 0 the centre, row 1 the log semi-axes.
-
-    Time convention ``data_at_0`` (diffusers' default), sampling sigma 1 -> 0. The "model" is the
-    exact straight-line velocity towards a target latent read off the image's mean colour:
-    ``v = (x - x_target) / sigma``; the unconditional target is a centred sphere of radius 0.5.
-    Its SDF is a scaled implicit ellipsoid, negative inside.
-    """
-
-    latent_shape = (2, 3)
-    dtype = torch.float64
-    device = torch.device("cpu")
-    time_convention = TimeConvention.DATA_AT_0
-    bounds = ((-1.2, -1.2, -1.2), (1.2, 1.2, 1.2))
-    default_resolution = 33
-
-    def sigmas(self, num_steps: int) -> torch.Tensor:
-        return torch.linspace(1.0, 0.0, int(num_steps) + 1, dtype=torch.float64)
-
-    @staticmethod
-    def target_from_rgb(rgb: torch.Tensor) -> torch.Tensor:
-        centre = 0.2 * (rgb - 0.5)
-        log_axes = torch.log(0.4 + 0.3 * rgb)
-        return torch.stack([centre, log_axes])[None]
-
-    def encode_condition(self, image):
-        arr = np.asarray(image)
-        if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
-            raise ValueError(f"expected (H, W, 3|4), got {arr.shape}")
-        mask = arr[..., 3] > 0 if arr.shape[-1] == 4 else np.ones(arr.shape[:2], bool)
-        rgb = torch.as_tensor(arr[..., :3][mask].mean(0) / 255.0, dtype=torch.float64)
-        uncond = torch.tensor([[[0.0, 0.0, 0.0], [math.log(0.5)] * 3]], dtype=torch.float64)
-        return {"cond": self.target_from_rgb(rgb), "uncond": uncond}
-
-    def velocity(self, latent, sigma, condition, guidance_scale=None):
-        s = torch.as_tensor(sigma, dtype=torch.float64)
-        if bool((s <= 0).any()):
-            raise ValueError("the analytic velocity is undefined at the data end (sigma = 0)")
-        s = s.reshape(-1, 1, 1) if s.ndim == 1 else s
-        x = latent.to(torch.float64)
-        v_c = (x - condition["cond"]) / s
-        if guidance_scale is None:
-            return v_c
-        v_u = (x - condition["uncond"]) / s
-        return v_u + guidance_scale * (v_c - v_u)
-
-    def decode_sdf(self, latent, points):
-        b = latent.shape[0]
-        pts = points if points.ndim == 3 else points[None].expand(b, -1, -1)
-        centre, axes = latent[:, 0, None, :], torch.exp(latent[:, 1, None, :])
-        q = (pts.to(latent.dtype) - centre) / axes
-        k = torch.sqrt((q * q).sum(-1) + 1e-12)
-        return (k - 1.0) * axes.min(-1).values
 
 
 # --------------------------------------------------------------------------------------
@@ -261,6 +202,12 @@ class BackboneContract:
         sig = backbone.sigmas(self.num_steps)
         assert [i for i, _ in seen] == list(range(self.num_steps))
         assert [s for _, s in seen] == pytest.approx(sig[1:].double().tolist())
+
+
+class TestGaussianGridContract(BackboneContract):
+    @classmethod
+    def make_backbone(cls):
+        return GaussianGridBackbone()
 
 
 class TestEllipsoidContract(BackboneContract):

@@ -1,4 +1,4 @@
-"""hoiguide.batch.run_batch and `hoiguide batch`: items, atomic item folders, resuming,
+"""hoiguide.apps.batch.run_batch and `hoiguide batch`: items, atomic item folders, resuming,
 failures recorded, shards, and Ray (a local two-worker cluster on the CPU, workers killed
 mid-run).
 
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hoiguide.batch import (SUMMARY_NAME, TMP_DIR, BatchError, BatchItem, _Config,
+from hoiguide.apps.batch import (SUMMARY_NAME, TMP_DIR, BatchError, BatchItem, _Config,
                             discover_items, parse_shard, run_batch)
 from hoiguide.cli import main
 
@@ -64,7 +64,7 @@ def make_worker_backbone():
     the loss plot of a scene named in HOIGUIDE_TEST_KILL kill the process (half-way through
     writing the item's files) and appends the pid to HOIGUIDE_TEST_LOADS (one line per
     load)."""
-    from analytic_backbone import GaussianGridBackbone
+    from hoiguide.testing import GaussianGridBackbone
 
     if os.environ.get("HOIGUIDE_TEST_WORKER") == "1":
         import hoiguide.pictures as pictures
@@ -150,7 +150,7 @@ class CountingFactory:
         self.calls = 0
 
     def __call__(self):
-        from analytic_backbone import GaussianGridBackbone
+        from hoiguide.testing import GaussianGridBackbone
 
         self.calls += 1
         return GaussianGridBackbone()

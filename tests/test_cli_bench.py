@@ -12,7 +12,7 @@ import types
 
 import pytest
 
-from analytic_backbone import GaussianGridBackbone
+from hoiguide.testing import GaussianGridBackbone
 from hoiguide.cli import main
 from test_eval_bench import make_scene_set, observations_from_scene, parse_table, two_step_preset
 

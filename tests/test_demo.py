@@ -1,4 +1,4 @@
-"""hoiguide.demo.run_demo and `hoiguide demo`, end to end on the session's 96x96 synthetic
+"""hoiguide.apps.scene.run_demo and `hoiguide demo`, end to end on the session's 96x96 synthetic
 scene with the analytic GaussianGridBackbone and a 2-step schedule.
 
 Only the first run simulates the observers (~3 s here); the other runs reuse its
@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from analytic_backbone import GaussianGridBackbone
+from hoiguide.testing import GaussianGridBackbone
 from hoiguide.cli import main
-import hoiguide.demo
-from hoiguide.demo import DEMO_PRESET, OUTPUT_FILES, RESULT_KEYS, run_demo
+import hoiguide.apps.scene
+from hoiguide.apps.scene import DEMO_PRESET, OUTPUT_FILES, RESULT_KEYS, run_demo
 from hoiguide.synth.observers import simulate_observations as _REAL_SIMULATE
 
 OPTIONS = {"num_steps": 2, "max_iterations": 1, "grid_resolution": 12, "render_size": 24,
@@ -137,7 +137,7 @@ def test_demo_writes_every_file_and_the_result(demo_run, synth_scene):
     assert on_disk["schedule"]["num_steps"] == 2
     assert on_disk["counters"]["iterations"] >= 1
     assert on_disk["preset"] == "fast_posthoc_fit"
-    assert on_disk["backbone"] == "analytic_backbone.GaussianGridBackbone"
+    assert on_disk["backbone"] == "hoiguide.testing.GaussianGridBackbone"
     assert on_disk["scene"] == {"id": synth_scene.scene_id, "path": None, "generated": False,
                                 "object_source": synth_scene.object_source, "size": [96, 96]}
     assert on_disk["losses_plot"] == "written" and on_disk["warnings"] == []
@@ -270,7 +270,7 @@ def test_default_backbone_errors_are_explained(tmp_path, synth_scene, monkeypatc
 
 @pytest.fixture
 def small_tiles(monkeypatch):
-    monkeypatch.setattr(hoiguide.demo, "TURNTABLE_TILE", 24)
+    monkeypatch.setattr(hoiguide.apps.scene, "TURNTABLE_TILE", 24)
 
 
 def test_cli_demo_with_a_scene_folder(tmp_path, scene_dir, cached_observer, capsys,

@@ -24,7 +24,7 @@ from test_demo import observations_of
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMOS = ROOT / "demos"
-ANALYTIC = "python:analytic_backbone:GaussianGridBackbone"
+ANALYTIC = "python:hoiguide.testing:GaussianGridBackbone"
 OPTIONS = {"num_steps": 2, "max_iterations": 1, "grid_resolution": 12, "render_size": 24,
            "final_resolution": 17}
 
@@ -102,11 +102,11 @@ def test_custom_schedule_with_the_readme_command(tmp_path, scene_dir, cached_obs
     """`hoiguide demo --preset demos/custom_schedule.yaml --out ...` (fast settings), with the
     demo's own backbone plugged in by name (`--backbone python:custom_backbone:...`)."""
     from hoiguide.cli import main
-    import hoiguide.demo
+    import hoiguide.apps.scene
 
     monkeypatch.chdir(ROOT)
     monkeypatch.syspath_prepend(str(DEMOS))
-    monkeypatch.setattr(hoiguide.demo, "TURNTABLE_TILE", 24)
+    monkeypatch.setattr(hoiguide.apps.scene, "TURNTABLE_TILE", 24)
     out = tmp_path / "custom"
     opts = [a for k, v in OPTIONS.items() for a in ("--option", f"{k}={v}")]
     code = main(["-q", "demo", "--preset", "demos/custom_schedule.yaml", "--out", str(out),

@@ -1,4 +1,4 @@
-"""hoiguide.eval.bench: the benchmark runner (run_benchmark, summarize, format_table).
+"""hoiguide.apps.bench: the benchmark runner (run_benchmark, summarize, format_table).
 
 Scenes are tiny (64x64) renders of the analytic test scene (an ellipsoid held by a capsule
 "hand"); observations are built from each scene's own ground truth by a counting observer
@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from analytic_backbone import GaussianGridBackbone, make_scene
+from hoiguide.testing import GaussianGridBackbone, make_scene
 from hoiguide.eval import hand_aligned_metrics
-from hoiguide.eval.bench import (BenchmarkError, format_table, run_benchmark, scene_seed,
+from hoiguide.apps.bench import (BenchmarkError, format_table, run_benchmark, scene_seed,
                                  summarize)
 from hoiguide.phases import ScheduleError
 from hoiguide.synth.scene import Scene, write_manifest

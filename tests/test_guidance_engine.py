@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from analytic_backbone import (GaussianGridBackbone, OBJECT_AXES, ellipsoid_sdf, make_scene,
+from hoiguide.testing import (GaussianGridBackbone, OBJECT_AXES, ellipsoid_sdf, make_scene,
                                similarity_about)
 from hoiguide.eval import chamfer_distance, intersection_volume
 from hoiguide.guidance import (GuidedSampler, GuidanceOptions, History, NonFiniteLossError,
@@ -249,7 +249,7 @@ def test_empty_isosurface_skips_iterations(scene):
 
 
 def test_render_size_resamples_targets(backbone, scene):
-    from hoiguide.guidance.engine import _prepare_targets
+    from hoiguide.guidance.targets import prepare_targets as _prepare_targets
 
     t = _prepare_targets(scene.observations, 32, torch.float64, torch.device("cpu"))
     assert t.camera.width == 32 and t.mask_hand.shape == (32, 32)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from analytic_backbone import GaussianGridBackbone, make_scene, similarity_about
+from hoiguide.testing import GaussianGridBackbone, make_scene, similarity_about
 from hoiguide.eval import chamfer_distance
 from hoiguide.guidance import GuidedSampler, GuidanceOptions
 from hoiguide.guidance.flow import add_noise, noise_back, predict_clean, predict_noise

@@ -1,4 +1,4 @@
-"""hoiguide.outputs.write_outputs: every file of a reconstruction, on a hand-made
+"""hoiguide.apps.outputs.write_outputs: every file of a reconstruction, on a hand-made
 Reconstruction (two spheres in front of a pinhole camera, a short loss history), so the
 expected meshes, colours, picture sizes and report contents are known exactly."""
 
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from hoiguide.api import HAND_COLOR, OBJECT_COLOR, Reconstruction
-from hoiguide.guidance.engine import History, HistoryRecord
-from hoiguide.outputs import OUTPUT_FILES, write_outputs
+from hoiguide.result import HAND_COLOR, OBJECT_COLOR, Reconstruction
+from hoiguide.guidance import History, HistoryRecord
+from hoiguide.apps.outputs import OUTPUT_FILES, write_outputs
 from hoiguide.types import Camera, Mesh, Similarity
 
 SIZE = 64

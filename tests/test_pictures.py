@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from hoiguide import pictures
-from hoiguide.guidance.engine import History, HistoryRecord
+from hoiguide.guidance import History, HistoryRecord
 from hoiguide.pictures import (label, loss_plot, main_terms, overlay, side_by_side, turntable,
                                turntable_frame)
 from hoiguide.types import Camera, Mesh

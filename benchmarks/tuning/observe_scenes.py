@@ -19,7 +19,7 @@ import torch
 from hoiguide.alignment import AlignmentOptions
 
 from hoiguide.backbones import tiny
-from hoiguide.eval.bench import scene_seed
+from hoiguide.apps.bench import scene_seed
 from hoiguide.synth.observers import simulate_observations
 from hoiguide.synth.scene import Scene
 

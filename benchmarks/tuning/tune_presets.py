@@ -14,7 +14,7 @@ from hoiguide.backbones import tiny
 from hoiguide.synth.scene import Scene
 from hoiguide.api import guided_reconstruct
 from hoiguide.eval.protocol import hand_aligned_metrics
-from hoiguide.eval.bench import scene_seed
+from hoiguide.apps.bench import scene_seed
 
 H = {"hand": {"iterations": 20}}
 LOW_O = {"object.scale": 2e-3, "object.translation": 2e-3, "object.rotation": 1e-2}

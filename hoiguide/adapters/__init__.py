@@ -37,16 +37,16 @@ _EXPORTS = {
     'FluxKontextInpainter': 'inpainting',
     'object_image': 'inpainting',
     # monocular geometry
-    'PointMap': 'geometry',
-    'MoGeEstimator': 'geometry',
-    'moge_to_point_map': 'geometry',
+    'PointMap': 'moge',
+    'MoGeEstimator': 'moge',
+    'moge_to_point_map': 'moge',
     # hands
     'HandEstimate': 'hand',
-    'HaMeREstimator': 'hand',
-    'MediaPipeHandEstimator': 'hand',
-    'fit_hand_to_keypoints': 'hand',
-    'hamer_to_hand_estimate': 'hand',
-    'mediapipe_to_keypoints': 'hand',
+    'HaMeREstimator': 'hamer',
+    'MediaPipeHandEstimator': 'mediapipe_hand',
+    'fit_hand_to_keypoints': 'keypoint_fit',
+    'hamer_to_hand_estimate': 'hamer',
+    'mediapipe_to_keypoints': 'mediapipe_hand',
     # errors
     'WeightsNotFoundError': '_util',
     'NoDetectionError': '_util',
@@ -60,7 +60,7 @@ _EXPORTS = {
     'ImageError': 'pipeline',
     'load_image': 'pipeline',
     'observations_from_image': 'pipeline',
-    'reconstruct_image': 'pipeline',
+    
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

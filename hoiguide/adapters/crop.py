@@ -1,4 +1,4 @@
-"""The hand-object crop (REFERENCE.md section 1, step 1) and its camera.
+"""The hand-object crop (docs/method.md section 1, step 1) and its camera.
 
 Box rule (the reference's): the union of the hand and object boxes, padded by ``pad_px`` on
 every side, made square around its centre (side = the longer side), enlarged ``x1.25``.
@@ -45,7 +45,7 @@ def default_camera(width: int, height: int, fov_deg: float = 55.0) -> Camera:
     camera get the same focal length). 55 degrees is a middle value for phone and compact
     cameras (35 mm-equivalent focal length ~35 mm). When a monocular geometry model estimates
     the intrinsics (MoGe does), prefer its camera: see
-    :class:`hoiguide.adapters.geometry.MoGeEstimator`.
+    :class:`hoiguide.adapters.moge.MoGeEstimator`.
     """
     if int(width) != width or int(height) != height or width <= 0 or height <= 0:
         raise ValueError(f"default_camera: expected positive integer width and height, got "

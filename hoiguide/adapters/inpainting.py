@@ -1,4 +1,4 @@
-"""Inpainting (REFERENCE.md section 1, step 3): remove the hand, complete the object, cut the
+"""Inpainting (docs/method.md section 1, step 3): remove the hand, complete the object, cut the
 object out as the generator's condition image.
 
 * :class:`FluxKontextInpainter`: FLUX.1 Kontext [dev] through diffusers (extra ``[inpaint]``),

@@ -43,9 +43,21 @@ The YAML (every section and key optional; a missing section takes :meth:`Models.
       crop_size: 512
 
 Every role also takes ``options:`` (a mapping passed as keyword arguments to the adapter's
-constructor / ``from_pretrained``) and ``factory: "module:callable"`` (your own model: the
-callable is called with ``options`` and, when it accepts one, ``device``; it replaces
-``kind``). Invalid files raise :class:`ModelsConfigError` naming the YAML path
+constructor / ``from_pretrained``) and ``factory:`` (it replaces ``kind``; the callable is called
+with ``options`` and, when it accepts one, ``device``), which is one of:
+
+* ``"hoiguide.<module>:<Class>"``: one of hoiguide's own model classes (a class defined in
+  ``hoiguide.adapters`` or ``hoiguide.backbones``) or ``hoiguide.backbones:tiny``; anything
+  else under ``hoiguide`` is refused;
+* ``"python:<module>:<callable>"``: your own model. **This is trusted code**: building the role
+  imports ``<module>`` and calls ``<callable>``, so it runs whatever they contain, with the
+  options the file gives. The ``python:`` prefix says you wrote or checked it; use it only in
+  models files you wrote or checked, as you would a Python script. A factory without it that
+  is not hoiguide's is refused (:class:`ModelsConfigError` naming ``<role>.factory``).
+
+Nothing else in a models file names code: model ids and paths are loaded as data (the
+generator's ``config.yaml`` only through an allow-list of hy3dgen's classes, see
+:meth:`hoiguide.backbones.HunyuanBackbone.from_pretrained`). Invalid files raise :class:`ModelsConfigError` naming the YAML path
 (``hand.kind: expected one of hamer, mediapipe, got 'hammer'; did you mean hamer?``), as
 :class:`hoiguide.phases.ScheduleError` does for schedules. Building a role that cannot be
 built (a missing extra, missing weights) raises :class:`ModelLoadError` naming the role, the
@@ -68,6 +80,7 @@ import difflib
 import importlib
 import inspect
 import logging
+import re
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Union
 
@@ -95,7 +108,7 @@ DEFAULT_MODELS: dict[str, Any] = {
     "hand": {"kind": "hamer", "checkpoint": None, "mano": None},
     "generator": {"kind": "hunyuan", "model": "tencent/Hunyuan3D-2"},
 }
-"""The reference's models (REFERENCE.md section 1)."""
+"""The reference's models (docs/method.md section 1)."""
 
 OFFLINE_MODELS: dict[str, Any] = {
     "segmentation": {"detector": "IDEA-Research/grounding-dino-base",
@@ -166,10 +179,7 @@ def _validate_role(role: str, raw: Any, source: Optional[str]) -> dict[str, Any]
     kinds = _KINDS[role]
     kind = cfg.get("kind", None)
     if factory is not None:
-        if not isinstance(factory, str) or factory.count(":") != 1 or \
-                not all(factory.split(":")):
-            raise ModelsConfigError(f"expected 'module:callable', got {factory!r}",
-                                    f"{role}.factory", source)
+        _check_factory_spec(factory, f"{role}.factory", source)
         if kind not in (None, "factory"):
             raise ModelsConfigError(f"give either kind or factory, not both (got kind "
                                     f"{kind!r} and factory {factory!r})", f"{role}.kind", source)
@@ -306,12 +316,56 @@ def _accepts(fn: Callable[..., Any], name: str) -> bool:
     return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
+_TRUSTED_PREFIX = "python:"
+_FACTORY_SYNTAX = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
+_HOIGUIDE_FACTORY_MODULES = ("hoiguide.adapters", "hoiguide.backbones")
+_HOIGUIDE_FACTORY_FUNCTIONS = ("hoiguide.backbones.bundled.tiny",)
+
+
+def _check_factory_spec(factory: Any, path: str, source: Optional[str]) -> None:
+    """``factory:`` must be ``hoiguide.<module>:<Class>`` or ``python:<module>:<callable>``
+    (trusted user code); checked on the text only, nothing is imported here."""
+    spec = factory[len(_TRUSTED_PREFIX):] if isinstance(factory, str) and \
+        factory.startswith(_TRUSTED_PREFIX) else factory
+    if not isinstance(spec, str) or not _FACTORY_SYNTAX.match(spec):
+        raise ModelsConfigError(f"expected 'module:callable': 'python:module:callable' for "
+                                f"your own code or one of hoiguide's 'hoiguide.module:Class', "
+                                f"got {factory!r}", path, source)
+    if spec is factory and not (spec == "hoiguide" or spec.startswith("hoiguide.")):
+        raise ModelsConfigError(
+            f"{factory!r} is not one of hoiguide's model factories, and a factory of your own "
+            f"is code that runs when the model is built: write it as "
+            f"'{_TRUSTED_PREFIX}{factory}' if you wrote or checked that code (never for a "
+            f"models file you have not checked)", path, source)
+
+
 def _import_factory(spec: str) -> Callable[..., Any]:
-    mod_name, attr = spec.split(":")
+    """The callable of a ``factory:`` entry (see the module docstring).
+
+    ``python:`` entries are trusted user code: imported and returned as they are. Other
+    entries must resolve to a class defined in ``hoiguide.adapters`` / ``hoiguide.backbones``
+    (or ``hoiguide.backbones:tiny``); anything else is refused with :class:`ModelsConfigError`.
+    """
+    trusted = spec.startswith(_TRUSTED_PREFIX)
+    mod_name, attr = spec[len(_TRUSTED_PREFIX):].split(":") if trusted else spec.split(":")
+    if trusted:
+        log.info("models: importing trusted user code %s:%s (a python: factory)", mod_name,
+                 attr)
     module = importlib.import_module(mod_name)
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise AttributeError(f"module {mod_name!r} has no callable {attr!r}")
+    if not trusted:
+        where = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', '')}"
+        ok = (inspect.isclass(fn) and str(fn.__module__).startswith(
+            tuple(m + "." for m in _HOIGUIDE_FACTORY_MODULES))) or \
+            where in _HOIGUIDE_FACTORY_FUNCTIONS
+        if not ok:
+            raise ModelsConfigError(
+                f"{spec!r} is not one of hoiguide's model factories (a class of "
+                f"{' or '.join(_HOIGUIDE_FACTORY_MODULES)}, or hoiguide.backbones:tiny); for "
+                f"your own code write '{_TRUSTED_PREFIX}module:callable' (trusted code)",
+                "factory")
     return fn
 
 
@@ -393,10 +447,13 @@ class Models:
 
     @classmethod
     def load(cls, spec: Union["Models", str, Path, Mapping[str, Any], None]) -> "Models":
-        """``None`` -> :meth:`default`; a :class:`Models` -> itself; a path -> the YAML file;
-        a mapping -> :meth:`from_dict`."""
-        if spec is None:
+        """``None`` or ``"default"`` -> :meth:`default`; ``"offline"`` -> :meth:`offline`; a
+        :class:`Models` -> itself; a path -> the YAML file; a mapping -> :meth:`from_dict`.
+        (The same names the CLI's ``--models`` accepts.)"""
+        if spec is None or (isinstance(spec, str) and spec == "default"):
             return cls.default()
+        if isinstance(spec, str) and spec == "offline":
+            return cls.offline()
         if isinstance(spec, Models):
             return spec
         if isinstance(spec, (str, Path)):
@@ -577,7 +634,7 @@ def _build_inpainting(cfg: Mapping[str, Any], device: Any) -> Any:
 def _build_geometry(cfg: Mapping[str, Any], device: Any) -> Any:
     if cfg["kind"] == "factory":
         return _factory(cfg, device)
-    from hoiguide.adapters.geometry import MoGeEstimator
+    from hoiguide.adapters.moge import MoGeEstimator
 
     kw = dict(cfg["options"])
     fn = MoGeEstimator.from_pretrained
@@ -590,7 +647,7 @@ def _build_hand(cfg: Mapping[str, Any], device: Any) -> Any:
     if cfg["kind"] == "factory":
         return _factory(cfg, device)
     if cfg["kind"] == "mediapipe":
-        from hoiguide.adapters.hand import MediaPipeHandEstimator
+        from hoiguide.adapters.mediapipe_hand import MediaPipeHandEstimator
 
         fn = MediaPipeHandEstimator
         return fn(**_with_device(fn, dict(cfg["options"]), device))
@@ -602,7 +659,7 @@ def _build_hand(cfg: Mapping[str, Any], device: Any) -> Any:
             f"(MANO_RIGHT.pkl, registration at mano.is.tue.mpg.de); set them in your models "
             f"YAML, or use 'hand: {{kind: mediapipe}}' (no download; pip install "
             f"mediapipe==0.10.21 --no-deps)")
-    from hoiguide.adapters.hand import HaMeREstimator
+    from hoiguide.adapters.hamer import HaMeREstimator
 
     fn = HaMeREstimator.from_pretrained
     return fn(cfg["checkpoint"], cfg["mano"], **_with_device(fn, dict(cfg["options"]), device))

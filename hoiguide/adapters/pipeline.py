@@ -1,4 +1,4 @@
-"""One RGB photo -> :class:`~hoiguide.types.Observations` -> meshes (REFERENCE.md section 1).
+"""One RGB photo -> :class:`~hoiguide.types.Observations` -> meshes (the method's pipeline, docs/method.md section 1).
 
 :func:`observations_from_image` runs steps 1-8 of the reference pipeline with the models of a
 :class:`~hoiguide.adapters.models.Models`:
@@ -27,9 +27,8 @@
 Every failure is a :class:`PipelineError` with the ``stage`` and a short ``status``
 (``"no hand detected"``, ``"no object mask"``, ``"object touches the image border"``, ...).
 
-:func:`reconstruct_image` adds loading the photo safely (:func:`load_image`), the guided
-reconstruction and writing the results; its output folder appears complete or not at all
-(a failed run leaves only ``result.json``).
+:func:`hoiguide.apps.photo.reconstruct_image` adds the guided reconstruction and writing the
+results (an application, not part of the library).
 
 Frames: the observations live in the crop's camera frame (OpenCV, metres), which is the full
 photo's camera frame (a crop changes intrinsics, not the 3D frame), mirrored (``x -> -x``)
@@ -54,26 +53,14 @@ from typing import Any, Mapping, Optional, Union
 import numpy as np
 import torch
 
+from hoiguide.io import ImageError, load_image
 from hoiguide.types import Camera, Mesh, Observations
 
 __all__ = ["PipelineError", "ImageError", "PipelineOptions", "load_image",
-           "observations_from_image", "reconstruct_image", "to_full_frame", "mirror_mesh",
-           "uncrop_camera", "RESULT_KIND", "OUTPUT_FILES"]
+           "observations_from_image", "run_chain", "check_chain_arguments", "to_full_frame",
+           "mirror_mesh", "uncrop_camera"]
 
 log = logging.getLogger(__name__)
-
-RESULT_KIND = "hoiguide-reconstruct"
-"""``result.json["kind"]`` of :func:`reconstruct_image` (an existing output folder with this
-marker may be replaced by a new run)."""
-
-OUTPUT_FILES = ("object.glb", "object.ply", "object.obj", "hand.glb", "hand.ply", "hand.obj",
-                "scene.glb", "history.json", "input.png", "observations.png", "overlay.png",
-                "turntable.png", "turntable.gif", "losses.png", "report.html", "result.json")
-"""What :func:`reconstruct_image` may write (a failed run writes only ``result.json``)."""
-
-PICTURE_MAX_SIDE = 1024
-"""``input.png`` / ``overlay.png`` are drawn at most this many pixels wide or high."""
-
 
 # ---------------------------------------------------------------------- errors and options
 class PipelineError(RuntimeError):
@@ -91,10 +78,6 @@ class PipelineError(RuntimeError):
         self.message = message
         self.status = status or message
         super().__init__(f"{stage}: {message}")
-
-
-class ImageError(ValueError):
-    """The input image cannot be used (unreadable, too large, wrong array shape/dtype)."""
 
 
 @dataclass(frozen=True)
@@ -207,132 +190,6 @@ class PipelineOptions:
             return cls(**dict(options))
         raise TypeError(f"options: expected PipelineOptions, a mapping or None, got "
                         f"{type(options).__name__}")
-
-
-# ---------------------------------------------------------------------- the photo
-def load_image(source: Any, *, max_megapixels: float = 40.0,
-               min_side: int = 16) -> tuple[np.ndarray, dict[str, Any]]:
-    """Read a photo safely into ``(H, W, 3)`` uint8 RGB.
-
-    Accepts a file path, a ``PIL.Image`` or an ``(H, W)``, ``(H, W, 1|3|4)`` uint8 array.
-    Grayscale becomes RGB; an alpha channel is composited onto white (the models expect
-    opaque photos); 16-bit and float images are scaled to 8 bits; the EXIF orientation is
-    applied (a phone photo comes out the way it is seen). The size is checked from the
-    file's header BEFORE decoding, so a huge file is refused without being read.
-
-    Returns:
-        ``(image, info)``; ``info`` has ``source``, ``width``, ``height``, ``mode`` (the
-        original), ``conversions`` (what was done, as text).
-
-    Raises:
-        FileNotFoundError: no such file.
-        ImageError: unreadable / not an image, more than ``max_megapixels`` million pixels,
-            a side under ``min_side`` pixels, or an array of the wrong shape or dtype.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    info: dict[str, Any] = {"source": None, "conversions": []}
-    limit = float(max_megapixels) * 1e6
-
-    def check_size(w: int, h: int) -> None:
-        if w * h > limit:
-            raise ImageError(f"the image is {w}x{h} = {w * h / 1e6:.1f} megapixels; the limit "
-                             f"is {max_megapixels:g} MP (PipelineOptions.max_megapixels): "
-                             f"downscale it (the models work at {512} px anyway)")
-        if min(w, h) < min_side:
-            raise ImageError(f"the image is {w}x{h} pixels; expected at least {min_side} "
-                             f"pixels on each side")
-
-    if isinstance(source, (str, Path)):
-        path = Path(source).expanduser()
-        info["source"] = str(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no such image file: {path}")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                im = Image.open(path)
-                check_size(*im.size)
-                im = _exif_upright(im, info)
-                im.load()
-        except ImageError:
-            raise
-        except Image.DecompressionBombError as exc:
-            raise ImageError(f"{path}: refused as too large ({exc})") from None
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise ImageError(f"cannot read {path} as an image ({type(exc).__name__}: "
-                             f"{exc})") from None
-        arr, mode = _pil_to_rgb(im, info)
-    elif isinstance(source, Image.Image):
-        check_size(*source.size)
-        arr, mode = _pil_to_rgb(_exif_upright(source, info), info)
-    elif isinstance(source, (np.ndarray, torch.Tensor)):
-        a = source.detach().cpu().numpy() if isinstance(source, torch.Tensor) else source
-        if a.ndim == 3 and a.shape[2] == 1:
-            a = a[..., 0]
-        if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)):
-            raise ImageError(f"expected an image array of shape (H, W), (H, W, 1), (H, W, 3) "
-                             f"or (H, W, 4), got {a.shape}")
-        if a.dtype != np.uint8:
-            raise ImageError(f"expected a uint8 image array (0..255), got {a.dtype}; convert "
-                             f"with (x * 255).round().astype(np.uint8) for floats in [0, 1]")
-        check_size(a.shape[1], a.shape[0])
-        mode = "L" if a.ndim == 2 else ("RGBA" if a.shape[2] == 4 else "RGB")
-        arr = _array_to_rgb(a, info)
-        info["source"] = "array"
-    else:
-        raise ImageError(f"expected an image path, a PIL image or a uint8 array, got "
-                         f"{type(source).__name__}")
-    info.update(width=int(arr.shape[1]), height=int(arr.shape[0]), mode=mode)
-    for c in info["conversions"]:
-        log.info("load_image: %s", c)
-    return np.ascontiguousarray(arr), info
-
-
-def _array_to_rgb(a: np.ndarray, info: dict[str, Any]) -> np.ndarray:
-    if a.ndim == 2:
-        info["conversions"].append("grayscale -> RGB")
-        return np.repeat(a[..., None], 3, axis=2)
-    if a.shape[2] == 4:
-        info["conversions"].append("RGBA composited onto white")
-        alpha = a[..., 3:4].astype(np.float64) / 255.0
-        rgb = a[..., :3].astype(np.float64) * alpha + 255.0 * (1.0 - alpha)
-        return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
-    return a
-
-
-def _exif_upright(im: Any, info: dict[str, Any]) -> Any:
-    """The image turned as its EXIF orientation tag says (the tag is then dropped)."""
-    from PIL import ImageOps
-
-    try:
-        orientation = int(im.getexif().get(0x0112, 1) or 1)
-    except Exception:  # noqa: BLE001 -- a broken EXIF block is ignored
-        return im
-    if orientation == 1:
-        return im
-    out = ImageOps.exif_transpose(im)
-    info["conversions"].append(f"EXIF orientation {orientation} applied")
-    return out if out is not None else im
-
-
-def _pil_to_rgb(im: Any, info: dict[str, Any]) -> tuple[np.ndarray, str]:
-    mode = im.mode
-    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        a = np.asarray(im).astype(np.float64)
-        top = 65535.0 if a.max(initial=0) > 255 else 255.0
-        info["conversions"].append(f"{mode} scaled to 8 bits")
-        return _array_to_rgb(np.clip(np.round(a / top * 255), 0, 255).astype(np.uint8),
-                             info), mode
-    has_alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or \
-        (mode == "P" and "transparency" in im.info)
-    if has_alpha:
-        return _array_to_rgb(np.asarray(im.convert("RGBA")), info), mode
-    if mode in ("L", "1"):
-        return _array_to_rgb(np.asarray(im.convert("L")), info), mode
-    if mode != "RGB":
-        info["conversions"].append(f"{mode} -> RGB")
-    return np.asarray(im.convert("RGB")), mode
 
 
 # ---------------------------------------------------------------------- frames
@@ -535,7 +392,7 @@ class _Stages:
 
 
 # ---------------------------------------------------------------------- the chain
-def _check_call(object_name: Any, seed: Any, left_hand: Any) -> None:
+def check_chain_arguments(object_name: Any, seed: Any, left_hand: Any) -> None:
     """The arguments :func:`observations_from_image` and :func:`reconstruct_image` share."""
     if not isinstance(object_name, str) or not object_name.strip():
         raise ValueError(f"object_name: expected a non-empty string, got {object_name!r}")
@@ -588,16 +445,16 @@ def observations_from_image(image: Any, models: Any, *, object_name: str = "obje
     if options is None:
         options = mdl.pipeline_options or None
     opts = PipelineOptions.coerce(options)
-    _check_call(object_name, seed, left_hand)
+    check_chain_arguments(object_name, seed, left_hand)
     img, img_info = load_image(image, max_megapixels=opts.max_megapixels)
     H, W = img.shape[:2]
     if camera is not None:
         camera = _check_camera(camera, W, H)
-    return _chain(img, img_info, mdl, object_name.strip(), camera, int(seed),
+    return run_chain(img, img_info, mdl, object_name.strip(), camera, int(seed),
                   bool(left_hand), opts)
 
 
-def _chain(img: np.ndarray, img_info: dict[str, Any], mdl: Any, object_name: str,
+def run_chain(img: np.ndarray, img_info: dict[str, Any], mdl: Any, object_name: str,
            camera: Optional[Camera], seed: int, left: bool, opts: PipelineOptions
            ) -> tuple[Observations, Any, dict[str, Any]]:
     import hoiguide.adapters.crop as crop_mod
@@ -804,262 +661,3 @@ class _FullCropBorder:
     def __init__(self, crop: Any) -> None:
         self.box = (0.0, 0.0, float(crop.size), float(crop.size))
         self.mirrored = False
-
-
-# ---------------------------------------------------------------------- to files
-def _check_out_dir(out: Path) -> None:
-    """Refuse an existing folder that is neither empty nor an earlier reconstruction."""
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out}: exists and is not a folder")
-    if not out.is_dir():
-        return
-    entries = [p.name for p in out.iterdir()]
-    if not entries:
-        return
-    marker = out / "result.json"
-    try:
-        kind = json.loads(marker.read_text()).get("kind") if marker.is_file() else None
-    except (OSError, ValueError):
-        kind = None
-    foreign = [n for n in entries if n not in OUTPUT_FILES]
-    if kind != RESULT_KIND or foreign:
-        raise FileExistsError(
-            f"output folder {out} exists and holds other files "
-            f"({', '.join(sorted(foreign or entries)[:5])}); give a new or empty folder (an "
-            f"earlier 'hoiguide reconstruct' output is replaced)")
-
-
-def _swap_in(tmp: Path, out: Path) -> None:
-    """Move the finished temporary folder to ``out`` (replacing an earlier output)."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-        old.rmdir()
-        out.rename(old)
-    try:
-        tmp.rename(out)
-    except BaseException:
-        if old is not None:
-            old.rename(out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _save_png(path: Path, image: np.ndarray) -> None:
-    from PIL import Image
-
-    Image.fromarray(np.asarray(image, np.uint8)).save(path)
-
-
-def _observations_picture(tmp: Path, obs: Any) -> list[str]:
-    """observations.png: the crop, its masks and the object image (returns what went
-    wrong)."""
-    try:
-        import hoiguide.pictures as pics
-
-        crop = np.asarray(obs.image)
-        S = crop.shape[0]
-        tint = crop.astype(np.float64).copy()
-        mh, mo = obs.mask_hand.numpy(), obs.mask_object.numpy()
-        tint[mh] = 0.5 * tint[mh] + 0.5 * np.array([255, 150, 80])
-        tint[mo] = 0.5 * tint[mo] + 0.5 * np.array([60, 120, 255])
-        oi = np.asarray(obs.object_image)
-        if oi.shape[2] == 4:
-            a = oi[..., 3:4] / 255.0
-            oi = (oi[..., :3] * a + 255 * (1 - a)).astype(np.uint8)
-        from PIL import Image
-
-        oi = np.asarray(Image.fromarray(oi).resize((S, S), Image.BILINEAR))
-        _save_png(tmp / "observations.png", pics.side_by_side([
-            pics.label(crop, "crop"), pics.label(tint.astype(np.uint8), "masks"),
-            pics.label(oi, "object image")]))
-    except ImportError as exc:
-        return [f"observations.png: skipped ({exc})"]
-    except Exception as exc:  # noqa: BLE001 -- reported in result.json
-        log.warning("reconstruct: could not draw observations.png", exc_info=exc)
-        return [f"observations.png: {type(exc).__name__}: {exc}"]
-    return []
-
-
-def reconstruct_image(image: Any, out_dir: Union[str, Path], *, models: Any = None,
-                      schedule: Any = "fast", seed: int = 0, object_name: str = "object",
-                      camera: Any = None, left_hand: Optional[bool] = None,
-                      options: Union[PipelineOptions, Mapping[str, Any], None] = None,
-                      guidance_options: Any = None, progress: bool = False,
-                      pictures: bool = True, turntable_views: int = 8,
-                      turntable_size: int = 160) -> dict[str, Any]:
-    """Reconstruct the hand and the object it holds from one photo and write the results.
-
-    Writes, into ``out_dir`` (the same files as ``hoiguide demo`` minus the ground-truth
-    metrics, through :func:`hoiguide.outputs.write_outputs`)::
-
-        object.glb / .ply / .obj    the object, the PHOTO's camera frame (OpenCV: +x right,
-        hand.glb / .ply / .obj      +y down, +z forward), metres (mirrored back for a left
-        scene.glb                   hand); scene.glb holds both, coloured
-        history.json                every loss term of every inner iteration
-        input.png                   the photo as read (EXIF orientation applied)
-        observations.png            the crop, its masks and the object image
-        overlay.png                 photo | reconstruction rendered over it
-        turntable.png / .gif        8 views orbiting the reconstruction (strip, animation)
-        losses.png                  loss curves (needs matplotlib)
-        report.html                 everything on one self-contained page
-        result.json                 see below
-
-    Everything is written into a temporary sibling folder that is renamed to ``out_dir`` at
-    the end, so ``out_dir`` is complete or holds only ``result.json``: when a stage fails
-    (or the reconstruction's status is not ``"ok"``) ONLY ``result.json`` is written, with
-    ``status`` (e.g. ``"no hand detected"``), ``stage`` and ``reason``. An existing
-    ``out_dir`` must be empty or an earlier output of this function (it is replaced).
-
-    Args:
-        image: a path, a PIL image or a uint8 array (:func:`load_image`).
-        out_dir: the output folder.
-        models: :class:`~hoiguide.adapters.models.Models`, a models YAML path or mapping, or
-            ``None`` for ``Models.default()``. All roles are built before anything is
-            written.
-        schedule: phase schedule (preset name, YAML path, mapping or PhaseSchedule).
-        seed: the generator's noise (coarse run and guided run) and the alignment sampling.
-        object_name, camera, left_hand, options: see :func:`observations_from_image`.
-        guidance_options: :class:`hoiguide.GuidanceOptions` or a mapping of its fields.
-        progress: progress bars over the flow steps.
-        pictures: draw the PNGs.
-        turntable_views, turntable_size: views in ``turntable.png`` and their side (pixels).
-
-    Returns:
-        The dict written to ``result.json``: ``kind`` (:data:`RESULT_KIND`), ``status``
-        (``"ok"`` or why not), ``stage`` and ``reason`` (``None`` when ok), ``image``
-        (source, size, conversions), ``camera`` (the photo's intrinsics) and
-        ``camera_source`` (``given``/``geometry``/``default``), ``crop``, ``boxes``,
-        ``masks``, ``models``, the reconstruction's summary
-        (:meth:`hoiguide.Reconstruction.summary`: similarities in the crop frame, mirrored
-        for a left hand; schedule; counters; timings), ``seconds`` and ``seconds_parts``,
-        ``files``, ``warnings``.
-
-    Raises (nothing is written in these cases):
-        FileNotFoundError, ImageError: the photo cannot be read or is too large.
-        FileExistsError: ``out_dir`` holds unrelated files.
-        ValueError, TypeError, hoiguide.ScheduleError: bad arguments.
-        hoiguide.adapters.models.ModelLoadError: a model cannot be built.
-    """
-    from hoiguide.adapters.models import Models
-    from hoiguide.api import guided_reconstruct
-    from hoiguide.eval.bench import _write_json
-    from hoiguide.guidance.engine import GuidanceOptions
-    from hoiguide.phases import load_schedule
-
-    t_start = time.perf_counter()
-    out = Path(out_dir).expanduser()
-    mdl = Models.load(models)
-    if options is None:
-        options = mdl.pipeline_options or None
-    opts = PipelineOptions.coerce(options)
-    sched = load_schedule(schedule)
-    gopts = GuidanceOptions.coerce(guidance_options)
-    _check_call(object_name, seed, left_hand)
-    for name, v, lo in (("turntable_views", turntable_views, 1),
-                        ("turntable_size", turntable_size, 8)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-            raise ValueError(f"{name}: expected an integer >= {lo}, got {v!r}")
-    _check_out_dir(out)
-    img, img_info = load_image(image, max_megapixels=opts.max_megapixels)
-    H, W = img.shape[:2]
-    if camera is not None:
-        camera = _check_camera(camera, W, H)
-    t = time.perf_counter()
-    mdl.build()
-    parts: dict[str, float] = {"models": time.perf_counter() - t}
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    result: dict[str, Any] = {
-        "kind": RESULT_KIND, "version": 1, "status": "failed", "stage": None, "reason": None,
-        "reconstruction_status": None, "image": img_info, "object_name": object_name.strip(),
-        "left_hand": bool(left_hand), "seed": int(seed), "preset": sched.name,
-        "models": mdl.describe(), "pipeline_options": _options_dict(opts),
-        "frame": "the photo's OpenCV camera frame (+x right, +y down, +z forward), metres",
-    }
-    stage = "observations"
-    rec = obs = None
-    try:
-        try:
-            t = time.perf_counter()
-            obs, crop, info = _chain(img, img_info, mdl, object_name.strip(), camera,
-                                     int(seed), bool(left_hand), opts)
-            parts["observations"] = time.perf_counter() - t
-            parts.update({f"observations.{k}": v for k, v in info["seconds"].items()})
-            cam_full = Camera.from_dict(info["camera"])
-            for k in ("boxes", "crop", "masks", "geometry", "hand", "coarse", "alignment",
-                      "camera", "camera_source"):
-                result[k] = info.get(k)
-            warn = list(info["warnings"])
-            stage = "reconstruct"
-            t = time.perf_counter()
-            rec = guided_reconstruct(observations=obs, backbone=mdl.backbone, schedule=sched,
-                                     seed=int(seed), progress=progress, options=gopts)
-            parts["reconstruct"] = time.perf_counter() - t
-            rec = to_full_frame(rec, crop)
-            summary = rec.summary()
-            summary.pop("status", None)
-            summary.pop("frame", None)
-            result.update(summary)
-            result["transforms_frame"] = (
-                "the similarities map into the crop's camera frame, which is the photo's "
-                "camera frame" + (" mirrored (x -> -x): the hand was a left hand"
-                                  if crop.mirrored else ""))
-            result["reconstruction_status"] = rec.status
-            if not rec.ok:
-                raise PipelineError("reconstruct", f"the guided reconstruction ended with "
-                                                   f"status {rec.status!r}", status=rec.status)
-            stage = "save"
-            t = time.perf_counter()
-            result.update(status="ok", stage=None, reason=None)
-            if pictures:
-                warn += _observations_picture(tmp, obs)
-            from hoiguide.outputs import write_outputs
-
-            written = write_outputs(
-                tmp, rec, image=img, camera=cam_full, result=result, pictures=pictures,
-                title=f"{sched.name} on {Path(str(img_info.get('source'))).name}",
-                turntable_views=int(turntable_views), turntable_size=int(turntable_size),
-                picture_max_side=PICTURE_MAX_SIDE)
-            warn += written["warnings"]
-            warn += [f"{name}: skipped ({why})" for name, why in written["skipped"].items()]
-            parts["save"] = time.perf_counter() - t
-            result.update(warnings=warn)
-        except PipelineError as exc:
-            result.update(status=exc.status, stage=exc.stage, reason=exc.message)
-            if exc.__cause__ is not None:
-                result["traceback"] = "".join(traceback.format_exception(
-                    type(exc.__cause__), exc.__cause__, exc.__cause__.__traceback__))[-4000:]
-            log.warning("reconstruct: %s (%s: %s)", exc.status, exc.stage, exc.message)
-        except Exception as exc:  # noqa: BLE001 -- recorded in result.json
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            result.update(status=f"{stage} failed", stage=stage,
-                          reason=f"{type(exc).__name__}: {msg}"[:500],
-                          traceback="".join(traceback.format_exception(
-                              type(exc), exc, exc.__traceback__))[-4000:])
-            log.warning("reconstruct: failed while %s", stage, exc_info=exc)
-        if result["status"] != "ok":
-            # a failed run leaves only result.json
-            shutil.rmtree(tmp)
-            tmp.mkdir()
-        result["seconds_parts"] = parts
-        result["seconds"] = time.perf_counter() - t_start
-        result["files"] = sorted(p.name for p in tmp.iterdir()) + ["result.json"]
-        result["files"] = sorted(set(result["files"]))
-        result.setdefault("warnings", [])
-        _write_json(tmp / "result.json", result)
-        _swap_in(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if result["status"] == "ok":
-        log.info("reconstruct: ok in %.1f s; wrote %s", result["seconds"], out)
-    return result
-
-
-def _options_dict(opts: PipelineOptions) -> dict[str, Any]:
-    d = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts) if f.name != "alignment"}
-    d["alignment"] = None if opts.alignment is None else dataclasses.asdict(opts.alignment)
-    return d

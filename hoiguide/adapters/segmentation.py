@@ -1,4 +1,4 @@
-"""Text-prompted segmentation ("LangSAM", REFERENCE.md section 1, step 2): GroundingDINO turns
+"""Text-prompted segmentation ("LangSAM", docs/method.md section 1, step 2): GroundingDINO turns
 a prompt into boxes, SAM turns the best box into a mask.
 
 Two back ends:

@@ -11,6 +11,9 @@ _EXPORTS = {
     'CheckpointNotFoundError': 'hunyuan',
     'check_backbone': 'base',
     'tiny': 'bundled',
+    'load_backbone': 'spec',
+    'BackboneSpecError': 'spec',
+    'TimeConvention': 'base',
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -18,16 +18,25 @@ Flow time
 SDF sign
     ``decode_sdf`` returns values that are **negative inside** the shape (it need not be a metric
     distance: Hunyuan3D-2's decoder gives a truncated, logit-like field that saturates near +-1).
+
+Optional methods
+    ``sdf_query(latent, **kwargs) -> query`` with ``query(points) -> (B, P)`` equal to
+    ``decode_sdf(latent, points, **kwargs)``: the latent-side work (Hunyuan3D-2's VAE
+    transformer) runs once in ``sdf_query`` and each ``query`` call only decodes points, so
+    sparse decoding (:mod:`hoiguide.geometry.sparse`), which queries a grid level by level,
+    does not repeat it. Backbones without it work unchanged:
+    :func:`hoiguide.geometry.sparse.sdf_query` falls back to ``decode_sdf``.
 """
 
 from __future__ import annotations
+
+from enum import Enum
 
 import logging
 from typing import Any, Protocol, Sequence, Tuple, runtime_checkable
 
 import torch
 
-from hoiguide.guidance.flow import TimeConvention
 
 __all__ = ["FlowBackbone", "Bounds", "check_backbone", "check_latent", "normalize_bounds"]
 
@@ -35,6 +44,41 @@ log = logging.getLogger(__name__)
 
 Bounds = Tuple[Tuple[float, float, float], Tuple[float, float, float]]
 """``((xmin, ymin, zmin), (xmax, ymax, zmax))`` in generator units."""
+
+
+class TimeConvention(str, Enum):
+    """Which end of the flow time axis holds the data (see :mod:`hoiguide.guidance.flow` for the arithmetic of each).
+
+    Members compare equal to their string values, so ``"data_at_1"`` can be passed anywhere a
+    ``TimeConvention`` is expected.
+    """
+
+    DATA_AT_1 = "data_at_1"
+    DATA_AT_0 = "data_at_0"
+
+    @property
+    def data_sigma(self) -> float:
+        """The sigma at which samples are data (end of sampling)."""
+        return 1.0 if self is TimeConvention.DATA_AT_1 else 0.0
+
+    @property
+    def noise_sigma(self) -> float:
+        """The sigma at which samples are pure noise (start of sampling)."""
+        return 0.0 if self is TimeConvention.DATA_AT_1 else 1.0
+
+    @classmethod
+    def parse(cls, value: "TimeConvention | str") -> "TimeConvention":
+        """Return the member for ``value`` or raise a ValueError that lists the valid names."""
+        if isinstance(value, cls):
+            return value
+        try:
+            return cls(str(value))
+        except ValueError:
+            raise ValueError(f"unknown time convention {value!r}; expected one of "
+                             f"{[m.value for m in cls]}") from None
+
+    def __str__(self) -> str:  # "data_at_1" rather than "TimeConvention.DATA_AT_1"
+        return self.value
 
 
 @runtime_checkable

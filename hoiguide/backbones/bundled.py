@@ -52,7 +52,7 @@ def tiny(device: torch.device | str | None = None, dtype: torch.dtype | None = N
     """The bundled tiny generator as a :class:`~hoiguide.backbones.HunyuanBackbone`.
 
     Loads ``hoiguide/backbones/weights/tiny/{config.yaml, model.safetensors}`` (package data)
-    with :meth:`HunyuanBackbone.from_pretrained`, i.e. through hy3dgen's own loader. Each call
+    with :meth:`HunyuanBackbone.from_pretrained`, the loader of the real model. Each call
     builds a fresh backbone (nothing is cached between calls).
 
     Args:

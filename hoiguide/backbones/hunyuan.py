@@ -19,6 +19,13 @@ Conventions verified in hy3dgen's code (``shapegen/pipelines.py``, ``schedulers.
   *positive inside*, so :meth:`HunyuanBackbone.decode_sdf` returns their negation; the dense grid
   spans ``[-box_v, box_v]^3`` with ``box_v = 1.01`` by default.
 
+Loading a checkpoint folder never runs code the folder names: ``config.yaml`` is plain YAML
+(``yaml.safe_load``) whose ``target:`` entries must be hy3dgen's own classes for their section
+(an allow-list, checked before anything is imported or called; hy3dgen's own loader would call
+whatever they name), and the weights are read with safetensors (preferred) or, for a ``.ckpt``,
+``torch.load(weights_only=True)``, then checked (shapes, dtypes, finite values) before use.
+Refusals are :class:`CheckpointError` (a ``ValueError``) naming the file.
+
 ``hy3dgen`` imports torchvision (and pymeshlab) at import time; see
 :mod:`hoiguide.backbones._torchvision_shim` for how that is handled without installing them.
 """
@@ -30,20 +37,21 @@ import importlib
 import importlib.util
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 
 from hoiguide.backbones.base import Bounds, check_latent, normalize_bounds
-from hoiguide.guidance.flow import TimeConvention
+from hoiguide.backbones.base import TimeConvention
 
 __all__ = ["HunyuanBackbone", "HunyuanCondition", "CheckpointNotFoundError",
-           "import_hy3dgen", "INSTALL_HINT"]
+           "CheckpointError", "import_hy3dgen", "INSTALL_HINT"]
 
 log = logging.getLogger(__name__)
 
@@ -196,25 +204,238 @@ def _reference_config() -> dict[str, Any]:
 
 _SECTIONS = ("model", "vae", "conditioner", "scheduler", "image_processor")
 
+# The only classes a config's ``target:`` may name, per section: hy3dgen 2.0.2's own classes
+# that Hunyuan3D-2 checkpoints (2.0, mini, mv, fast/turbo) use, and that the bundled tiny
+# generator uses. Written as "module:Class" of the module that DEFINES the class; a target may
+# spell it through any module of hy3dgen.shapegen that re-exports it (hub configs write
+# ``hy3dgen.shapegen.models.Hunyuan3DDiT``): the resolved object must be one of these classes.
+_ALLOWED_TARGETS: dict[str, tuple[str, ...]] = {
+    "model": ("hy3dgen.shapegen.models.denoisers.hunyuan3ddit:Hunyuan3DDiT",),
+    "vae": ("hy3dgen.shapegen.models.autoencoders.model:ShapeVAE",),
+    "conditioner": ("hy3dgen.shapegen.models.conditioner:SingleImageEncoder",
+                    "hy3dgen.shapegen.models.conditioner:DualImageEncoder"),
+    "scheduler": ("hy3dgen.shapegen.schedulers:FlowMatchEulerDiscreteScheduler",
+                  "hy3dgen.shapegen.schedulers:ConsistencyFlowMatchEulerDiscreteScheduler"),
+    "image_processor": ("hy3dgen.shapegen.preprocessors:ImageProcessorV2",
+                        "hy3dgen.shapegen.preprocessors:MVImageProcessorV2"),
+}
+_TARGET_PACKAGE = "hy3dgen.shapegen"
+_TARGET_SYNTAX = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+_WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
-def _load_config(config: Mapping[str, Any] | str | os.PathLike) -> dict[str, Any]:
+
+class CheckpointError(ValueError):
+    """A checkpoint (config or weight file) that hoiguide refuses to load.
+
+    Raised for a config entry naming code outside the allow-list (``model.target: os.system``),
+    a malformed config, and a weight file that cannot be read, holds NaN/inf values, or whose
+    tensors do not fit the architecture (missing/extra tensors, wrong shape or dtype). The
+    message is one line naming the file (and the config entry); ``path`` is that file.
+    """
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None) -> None:
+        super().__init__(message)
+        self.path = None if path is None else os.fspath(path)
+
+
+def _load_config(config: Mapping[str, Any] | str | os.PathLike,
+                 source: str | None = None) -> dict[str, Any]:
+    """Read (``yaml.safe_load``: plain data only) and check a hub-style config; every
+    ``target:`` is checked against the allow-list here, before anything is built."""
     if isinstance(config, (str, os.PathLike)):
         import yaml
 
-        with open(config, "r", encoding="utf-8") as f:
-            config = yaml.safe_load(f)
+        source = source or os.fspath(config)
+        try:
+            with open(config, "r", encoding="utf-8") as f:
+                config = yaml.safe_load(f)
+        except yaml.YAMLError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise CheckpointError(f"{source}: not valid YAML ({first})", source) from None
+        except UnicodeDecodeError:
+            raise CheckpointError(f"{source}: not a text (UTF-8 YAML) file", source) from None
+    source = source or "config"
     if not isinstance(config, Mapping):
-        raise TypeError(f"config: expected a mapping or a path to a YAML file, got "
-                        f"{type(config).__name__}")
+        raise CheckpointError(f"{source}: expected a mapping with sections {list(_SECTIONS)} "
+                              f"(or a path to such a YAML file), got {type(config).__name__}",
+                              None if source == "config" else source)
     missing = [s for s in _SECTIONS if s not in config]
     if missing:
-        raise ValueError(f"config: missing section(s) {missing}; a Hunyuan3D-2 config has "
-                         f"{list(_SECTIONS)}, each {{target: dotted.Class, params: {{...}}}}")
+        raise CheckpointError(f"{source}: missing section(s) {missing}; a Hunyuan3D-2 config has "
+                              f"{list(_SECTIONS)}, each {{target: dotted.Class, params: {{...}}}}",
+                              None if source == "config" else source)
     for s in _SECTIONS:
-        if not isinstance(config[s], Mapping) or "target" not in config[s]:
-            raise ValueError(f"config.{s}: expected {{target: dotted.Class, params: {{...}}}}, got "
-                             f"{config[s]!r}")
+        entry = config[s]
+        if not isinstance(entry, Mapping) or "target" not in entry:
+            raise CheckpointError(f"{source}: {s}: expected {{target: dotted.Class, params: "
+                                  f"{{...}}}}, got {entry!r}",
+                                  None if source == "config" else source)
+        params = entry.get("params")
+        if params is not None and (not isinstance(params, Mapping)
+                                   or not all(isinstance(k, str) for k in params)):
+            raise CheckpointError(f"{source}: {s}.params: expected a mapping of keyword "
+                                  f"arguments, got {params!r}",
+                                  None if source == "config" else source)
+        _resolve_target(s, entry["target"], source)
     return copy.deepcopy(dict(config))
+
+
+def _allowed_classes(section: str) -> dict[type, str]:
+    """The allowed classes of ``section``. Only the fixed modules of :data:`_ALLOWED_TARGETS`
+    are imported (installed hy3dgen code, e.g. ``hy3dgen.shapegen.schedulers``, which
+    ``import_hy3dgen`` does not load), never a module named by a config."""
+    out: dict[type, str] = {}
+    for spec in _ALLOWED_TARGETS[section]:
+        mod_name, name = spec.split(":")
+        module = sys.modules.get(mod_name)
+        if module is None and "hy3dgen.shapegen" in sys.modules:
+            from hoiguide.backbones._torchvision_shim import hy3dgen_import_stand_ins
+
+            try:
+                with hy3dgen_import_stand_ins():
+                    module = importlib.import_module(mod_name)
+            except ImportError as exc:  # a broken hy3dgen install: the class is not allowed
+                log.debug("cannot import %s: %s", mod_name, exc)
+        cls = getattr(module, name, None)
+        if isinstance(cls, type):
+            out[cls] = f"{mod_name}.{name}"
+    return out
+
+
+def _resolve_target(section: str, target: Any, source: str) -> type:
+    """The class a config's ``<section>.target`` names, if it is on the allow-list.
+
+    Nothing named by the config is imported or called: the module part must be a module of
+    ``hy3dgen.shapegen`` that is already loaded (:func:`import_hy3dgen` and the allow-list's
+    own modules), and the attribute
+    must be one of :data:`_ALLOWED_TARGETS` ``[section]`` (by identity, so re-exports work).
+
+    Raises:
+        CheckpointError: naming the entry, the file and what is allowed.
+    """
+    allowed = _allowed_classes(section)
+    names = sorted({n.rsplit(".", 1)[-1] for n in allowed.values()}
+                   or {spec.split(":")[1] for spec in _ALLOWED_TARGETS[section]})
+    where = None if source == "config" else source
+
+    def refuse(why: str) -> CheckpointError:
+        return CheckpointError(
+            f"{source}: {section}.target {target!r} is refused ({why}): a Hunyuan3D-2 config "
+            f"may name only hy3dgen's own {section} class{'es' if len(names) > 1 else ''} "
+            f"({', '.join(names)}, under {_TARGET_PACKAGE}); hoiguide never runs other code "
+            f"named in a checkpoint folder. For another architecture, build the modules "
+            f"yourself and use HunyuanBackbone.from_pipeline(...)", where)
+
+    if not isinstance(target, str) or not _TARGET_SYNTAX.match(target):
+        raise refuse("not a dotted module.Class name")
+    mod_name, attr = target.rsplit(".", 1)
+    if not (mod_name == _TARGET_PACKAGE or mod_name.startswith(_TARGET_PACKAGE + ".")):
+        raise refuse(f"outside {_TARGET_PACKAGE}")
+    module = sys.modules.get(mod_name)
+    obj = getattr(module, attr, None) if isinstance(module, ModuleType) else None
+    if not isinstance(obj, type) or obj not in allowed:
+        what = ("not a module hy3dgen has loaded" if module is None else
+                "no such name" if obj is None else
+                "not a class" if not isinstance(obj, type) else f"not a {section} class")
+        raise refuse(what)
+    return obj
+
+
+def _instantiate(section: str, cfg: Mapping[str, Any], source: str) -> Any:
+    """``cls(**params)`` for an allowed ``target`` (hy3dgen's ``instantiate_from_config``
+    without the arbitrary import: hy3dgen 2.0.2 does not nest targets, the params are data)."""
+    cls = _resolve_target(section, cfg[section]["target"], source)
+    params = dict(cfg[section].get("params") or {})
+    return cls(**params)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def _read_weights(path: Path) -> dict[str, dict[str, Any]]:
+    """The tensors of a checkpoint grouped by module prefix (``model``, ``vae``,
+    ``conditioner``). ``.safetensors`` (preferred: tensors only, nothing to execute) or
+    ``.ckpt`` read with ``torch.load(weights_only=True)`` (a restricted unpickler).
+
+    Raises:
+        CheckpointError: the file cannot be read, naming it.
+    """
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            flat = load_file(str(path), device="cpu")
+        except Exception as exc:  # noqa: BLE001 -- SafetensorError, OSError, ...
+            raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(exc)})"
+                                  f"; download it again or re-save it with "
+                                  f"HunyuanBackbone.save_pretrained", path) from None
+        groups: dict[str, dict[str, Any]] = {}
+        for key, value in flat.items():
+            prefix, _, rest = key.partition(".")
+            groups.setdefault(prefix, {})[rest] = value
+        return groups
+    log.warning("%s: reading a .ckpt (pickle) checkpoint with torch.load(weights_only=True); "
+                "prefer model.safetensors (tensors only, nothing to unpickle)", path)
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 -- UnpicklingError, RuntimeError, EOFError, ...
+        raise CheckpointError(f"{path}: not a readable tensors-only torch checkpoint "
+                              f"({_first_line(exc)}); prefer model.safetensors", path) from None
+    if not isinstance(obj, Mapping) or not all(isinstance(v, Mapping) for v in obj.values()):
+        raise CheckpointError(f"{path}: expected a mapping {{'model': state_dict, 'vae': "
+                              f"state_dict, 'conditioner': state_dict}}, got "
+                              f"{type(obj).__name__}", path)
+    return {str(k): dict(v) for k, v in obj.items()}
+
+
+def _load_checked(module: torch.nn.Module, state: Mapping[str, Any] | None, section: str,
+                  path: Path, config_path: str) -> None:
+    """``module.load_state_dict(state)`` after checking every tensor: present, no extra ones,
+    same shape, a floating dtype where the module has one (same dtype otherwise), finite.
+
+    Raises:
+        CheckpointError: the first problem, naming the file and the tensor.
+    """
+    if not state:
+        raise CheckpointError(f"{path}: no '{section}.*' tensors; a Hunyuan3D-2 checkpoint has "
+                              f"model.*, vae.* and conditioner.* tensors", path)
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    extra = [k for k in state if k not in expected]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {section}.{missing[0]})")
+        if extra:
+            parts.append(f"{len(extra)} unexpected (e.g. {section}.{extra[0]})")
+        raise CheckpointError(f"{path}: the {section} tensors do not fit the architecture in "
+                              f"{config_path}: {', '.join(parts)}", path)
+    for key, ref in expected.items():
+        t = state[key]
+        name = f"{section}.{key}"
+        if not isinstance(t, torch.Tensor):
+            raise CheckpointError(f"{path}: {name} is a {type(t).__name__}, not a tensor", path)
+        if tuple(t.shape) != tuple(ref.shape):
+            raise CheckpointError(f"{path}: tensor {name} has shape {tuple(t.shape)}, the "
+                                  f"architecture in {config_path} expects {tuple(ref.shape)}",
+                                  path)
+        if ref.is_floating_point():
+            if t.dtype not in _WEIGHT_DTYPES:
+                raise CheckpointError(f"{path}: tensor {name} has dtype {t.dtype}; expected a "
+                                      f"floating dtype (float16, bfloat16, float32, float64)",
+                                      path)
+            finite = torch.isfinite(t)
+            if not bool(finite.all()):
+                bad = int(finite.numel() - int(finite.sum()))
+                raise CheckpointError(f"{path}: tensor {name} holds {bad} NaN/inf value"
+                                      f"{'s' if bad != 1 else ''} of {t.numel()}; the file is "
+                                      f"damaged or not a trained checkpoint", path)
+        elif t.dtype != ref.dtype:
+            raise CheckpointError(f"{path}: tensor {name} has dtype {t.dtype}, expected "
+                                  f"{ref.dtype}", path)
+    module.load_state_dict(dict(state))
 
 
 # --------------------------------------------------------------------------------------
@@ -477,21 +698,24 @@ class HunyuanBackbone:
                 GPU to build a full-size model quickly).
             **kwargs: constructor options (``box_v``, ``default_resolution``, ``chunk_size``,
                 ``guidance_resolution``).
+        Raises:
+            ImportError: hy3dgen missing.
+            CheckpointError: a ``target:`` outside the allow-list of hy3dgen's classes (see
+                :meth:`from_pretrained`) or a malformed config.
         """
-        cfg = _load_config(config)
         import_hy3dgen()
-        from hy3dgen.shapegen.pipelines import instantiate_from_config
-
+        source = os.fspath(config) if isinstance(config, (str, os.PathLike)) else "config"
+        cfg = _load_config(config, source)  # every target checked against the allow-list
         init_dev = torch.device(init_device) if init_device is not None else torch.device("cpu")
         fork = [init_dev.index or 0] if init_dev.type == "cuda" else []
         with torch.random.fork_rng(devices=fork):
             torch.manual_seed(seed)
             with init_dev:
-                model = instantiate_from_config(cfg["model"])
-                vae = instantiate_from_config(cfg["vae"])
-                conditioner = instantiate_from_config(cfg["conditioner"])
-        scheduler = instantiate_from_config(cfg["scheduler"])
-        image_processor = instantiate_from_config(cfg["image_processor"])
+                model = _instantiate("model", cfg, source)
+                vae = _instantiate("vae", cfg, source)
+                conditioner = _instantiate("conditioner", cfg, source)
+        scheduler = _instantiate("scheduler", cfg, source)
+        image_processor = _instantiate("image_processor", cfg, source)
         return cls(model=model, vae=vae, conditioner=conditioner, scheduler=scheduler,
                    image_processor=image_processor, device=device, dtype=dtype, config=cfg,
                    **kwargs)
@@ -510,8 +734,20 @@ class HunyuanBackbone:
         prefixed ``model.``, ``vae.``, ``conditioner.``); ``model.safetensors`` is accepted too,
         as is a folder that holds the files directly. Lookup order: the local folder,
         ``$HY3DGEN_MODELS/<id>/<subfolder>``, the Hugging Face cache, the hub (skipped when
-        ``local_files_only`` or ``HF_HUB_OFFLINE=1``). Loading goes through hy3dgen's own
-        ``Hunyuan3DDiTFlowMatchingPipeline.from_single_file`` with explicit device and dtype.
+        ``local_files_only`` or ``HF_HUB_OFFLINE=1``). Loading does what hy3dgen's
+        ``Hunyuan3DDiTFlowMatchingPipeline.from_single_file`` does (same classes, same weights,
+        explicit device and dtype) but never runs code named by the folder:
+
+        * ``config.yaml`` is read with ``yaml.safe_load`` and each section's ``target:`` must be
+          one of hy3dgen's own classes for that section (``Hunyuan3DDiT``; ``ShapeVAE``;
+          ``SingleImageEncoder`` / ``DualImageEncoder``; ``FlowMatchEulerDiscreteScheduler`` /
+          ``ConsistencyFlowMatchEulerDiscreteScheduler``; ``ImageProcessorV2`` /
+          ``MVImageProcessorV2``); anything else (``os.system``, a function of hy3dgen, another
+          package) is refused before anything is imported or called;
+        * weights are read with safetensors (preferred), or a ``.ckpt`` with
+          ``torch.load(weights_only=True)`` (tensors only; a warning recommends safetensors);
+        * every tensor must be present, of the architecture's shape, of a floating dtype
+          (float16/bfloat16/float32/float64) and finite.
 
         Args:
             device: default CUDA when available, else CPU. dtype: default float16 on CUDA,
@@ -521,25 +757,40 @@ class HunyuanBackbone:
         Raises:
             ImportError: hy3dgen missing (names the extra to install).
             CheckpointNotFoundError: nothing found; lists the places searched.
+            CheckpointError: (a ``ValueError``) a config entry outside the allow-list, a
+                malformed config, or an unreadable / non-finite / ill-fitting weight file;
+                one line naming the file (and the entry or tensor).
         """
-        hs = import_hy3dgen()
+        import_hy3dgen()
         config_path, weights = resolve_checkpoint(name_or_path, subfolder, variant=variant,
                                                   local_files_only=local_files_only)
         dev = _default_device(device)
         dt = _default_dtype(dtype, dev)
+        # 1. the config: plain YAML data, every target on the allow-list (nothing runs before)
+        cfg = _load_config(config_path, os.fspath(config_path))
+        # 2. the tensors: read and grouped; checked against the modules below
         log.info("loading Hunyuan3D-2 from %s (%s, %s)", weights, dev, dt)
-        # hy3dgen's logger prints INFO lines to stderr through its own handler: quiet it here
-        hy_log = logging.getLogger("hy3dgen.shapgen")
-        level = hy_log.level
-        hy_log.setLevel(max(level, logging.WARNING))
-        try:
-            pipe = hs.Hunyuan3DDiTFlowMatchingPipeline.from_single_file(
-                str(weights), str(config_path), device=dev, dtype=dt,
-                use_safetensors=weights.suffix == ".safetensors")
-        finally:
-            hy_log.setLevel(level)
-        return cls.from_pipeline(pipe, device=dev, dtype=dt, config=_load_config(config_path),
-                                 **kwargs)
+        state = _read_weights(weights)
+        unknown = sorted(set(state) - {"model", "vae", "conditioner"})
+        if unknown:
+            log.warning("%s: ignoring tensors with prefixes %s (not model/vae/conditioner)",
+                        weights, unknown)
+        # 3. the modules (hy3dgen's classes, built as its from_single_file does; the global
+        # RNG is left untouched by their random initialisation), then the checked weights
+        src = os.fspath(config_path)
+        with torch.random.fork_rng(devices=[]):
+            model = _instantiate("model", cfg, src)
+            _load_checked(model, state.get("model"), "model", weights, src)
+            vae = _instantiate("vae", cfg, src)
+            _load_checked(vae, state.get("vae"), "vae", weights, src)
+            conditioner = _instantiate("conditioner", cfg, src)
+            if "conditioner" in state:  # as hy3dgen: optional (e.g. a pretrained DINOv2 only)
+                _load_checked(conditioner, state["conditioner"], "conditioner", weights, src)
+        image_processor = _instantiate("image_processor", cfg, src)
+        scheduler = _instantiate("scheduler", cfg, src)
+        del state
+        return cls(model=model, vae=vae, conditioner=conditioner, scheduler=scheduler,
+                   image_processor=image_processor, device=dev, dtype=dt, config=cfg, **kwargs)
 
     @staticmethod
     def tiny_config() -> dict[str, Any]:
@@ -719,40 +970,68 @@ class HunyuanBackbone:
             ``(B, P)``: minus hy3dgen's occupancy logits (negative inside, about +-1 away from
             the surface); float32 for half-precision backbones, else the backbone dtype.
         """
+        return self.sdf_query(latent, chunk_size=chunk_size, checkpoint=checkpoint)(points)
+
+    def sdf_query(self, latent: torch.Tensor, *, chunk_size: int | None = None,
+                  checkpoint: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
+        """:meth:`decode_sdf` split in two: the VAE's latent transformer runs once, here; the
+        returned ``query(points)`` runs only the geometry decoder on ``points``.
+
+        The optional ``sdf_query`` method of the :class:`~hoiguide.backbones.FlowBackbone`
+        protocol (see :func:`hoiguide.geometry.sparse.sdf_query`): sparse decoding queries a
+        grid level by level, and the transformer (16 layers on 3072 tokens for Hunyuan3D-2)
+        costs as much as tens of thousands of point queries.
+
+        Args:
+            latent, chunk_size, checkpoint: as :meth:`decode_sdf`.
+        Returns:
+            ``query(points)``: points ``(P, 3)`` or ``(B, P, 3)`` in the generator frame ->
+            ``(B, P)`` values exactly as :meth:`decode_sdf` returns them; differentiable w.r.t.
+            ``latent`` (through the transformer output, kept alive by the closure) when
+            gradients are enabled at both calls.
+        """
         latent = check_latent(self, latent)
-        if not isinstance(points, torch.Tensor):
-            points = torch.as_tensor(np.asarray(points))
         b = latent.shape[0]
-        if points.ndim == 2 and points.shape[-1] == 3:
-            points = points.unsqueeze(0).expand(b, -1, -1)
-        elif not (points.ndim == 3 and points.shape[0] == b and points.shape[-1] == 3):
-            raise ValueError(f"points: expected (P, 3) or ({b}, P, 3), got "
-                             f"{tuple(points.shape)}")
         cs = int(chunk_size or self.chunk_size)
         if cs < 1:
             raise ValueError(f"chunk_size: expected >= 1, got {cs}")
         z = (1.0 / self.vae.scale_factor) * latent.to(device=self.device, dtype=self.dtype)
         h = self.vae(z)
-        pts = points.to(device=self.device, dtype=self.dtype)
-        use_ckpt = checkpoint and torch.is_grad_enabled() and (h.requires_grad
-                                                               or pts.requires_grad)
-        outs = []
-        for start in range(0, pts.shape[1], cs):
-            q = pts[:, start:start + cs]
-            if use_ckpt:
-                from torch.utils.checkpoint import checkpoint as ckpt
 
-                outs.append(ckpt(self._geo_chunk, q, h, use_reentrant=False))
-            else:
-                outs.append(self._geo_chunk(q, h))
-        logits = torch.cat(outs, 1) if outs else h.new_zeros(b, 0)
-        sdf = -logits
-        return sdf.float() if sdf.dtype in (torch.float16, torch.bfloat16) else sdf
+        def query(points: torch.Tensor) -> torch.Tensor:
+            if not isinstance(points, torch.Tensor):
+                points = torch.as_tensor(np.asarray(points))
+            if points.ndim == 2 and points.shape[-1] == 3:
+                points = points.unsqueeze(0).expand(b, -1, -1)
+            elif not (points.ndim == 3 and points.shape[0] == b and points.shape[-1] == 3):
+                raise ValueError(f"points: expected (P, 3) or ({b}, P, 3), got "
+                                 f"{tuple(points.shape)}")
+            pts = points.to(device=self.device, dtype=self.dtype)
+            use_ckpt = checkpoint and torch.is_grad_enabled() and (h.requires_grad
+                                                                   or pts.requires_grad)
+            outs = []
+            for start in range(0, pts.shape[1], cs):
+                q = pts[:, start:start + cs]
+                if use_ckpt:
+                    from torch.utils.checkpoint import checkpoint as ckpt
+
+                    outs.append(ckpt(self._geo_chunk, q, h, use_reentrant=False))
+                else:
+                    outs.append(self._geo_chunk(q, h))
+            logits = torch.cat(outs, 1) if outs else h.new_zeros(b, 0)
+            sdf = -logits
+            return sdf.float() if sdf.dtype in (torch.float16, torch.bfloat16) else sdf
+
+        return query
 
     def decode_grid(self, latent: torch.Tensor, resolution: int | None = None, *,
                     chunk_size: int | None = None) -> torch.Tensor:
         """Dense ``(B, R, R, R)`` field on ``hoiguide.geometry.grid_points(bounds, R)``
-        (``[x, y, z]`` 'ij' order); see :func:`hoiguide.guidance.sampler.decode_grid`."""
-        from hoiguide.guidance.sampler import decode_grid
+        (``[x, y, z]`` 'ij' order), ``latent`` ``(B, *latent_shape)``; the engine's
+        :func:`hoiguide.guidance.sampler.decode_grid` also does narrow-band decoding."""
+        from hoiguide.geometry import grid_points
 
-        return decode_grid(self, latent, resolution, chunk_size=chunk_size)
+        r = int(resolution if resolution is not None else self.default_resolution)
+        pts = grid_points(self.bounds, r, dtype=torch.float32, device=self.device)
+        sdf = self.decode_sdf(latent, pts.reshape(-1, 3), chunk_size=chunk_size)
+        return sdf.reshape(latent.shape[0], r, r, r)

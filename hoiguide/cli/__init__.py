@@ -6,7 +6,7 @@ Subcommands so far:
   job on a fresh machine: a synthetic scene (generated, or loaded with ``--scene``), simulated
   observers, guided reconstruction with the bundled tiny generator (``--backbone`` for another),
   scored against the ground truth. Writes meshes, ``overlay.png``, ``turntable.png``,
-  ``losses.png`` and ``result.json`` (:func:`hoiguide.demo.run_demo`); exit code 1 when the
+  ``losses.png`` and ``result.json`` (:func:`hoiguide.apps.scene.run_demo`); exit code 1 when the
   run failed (``result.json`` says where and why).
 * ``hoiguide smoke --out DIR``: an end-to-end run of the geometric core on an analytic
   object (iso-surface -> render -> partial point cloud -> ICP -> metrics). It writes meshes,
@@ -20,15 +20,15 @@ Subcommands so far:
   (exit code 0); re-running skips finished scenes.
 
 * ``hoiguide reconstruct IMAGE --out DIR --models FILE.yaml``: one photo -> meshes
-  (:func:`hoiguide.adapters.pipeline.reconstruct_image`).
+  (:func:`hoiguide.apps.photo.reconstruct_image`).
 * ``hoiguide synth --n N --out DIR``: synthetic scenes with ground truth.
 * ``hoiguide batch INPUT --out DIR [--shard i/n] [--ray [ADDRESS]]``: every image / scene
   folder of INPUT (a folder or a list file) into ``DIR/<item>/`` (atomically; re-running
-  resumes; failures recorded), ``DIR/batch_summary.json`` (:func:`hoiguide.batch.run_batch`).
-* ``hoiguide app [--host H] [--port P] [--share no]``: the web demo (:mod:`hoiguide.app`).
+  resumes; failures recorded), ``DIR/batch_summary.json`` (:func:`hoiguide.apps.batch.run_batch`).
+* ``hoiguide app [--host H] [--port P] [--share no]``: the web demo (:mod:`hoiguide.apps.webapp`).
 
 Every reconstruction writes meshes (GLB/PLY/OBJ), overlay.png, turntable.png/.gif,
-losses.png and a self-contained report.html (:func:`hoiguide.outputs.write_outputs`).
+losses.png and a self-contained report.html (:func:`hoiguide.apps.outputs.write_outputs`).
 ``-q/--quiet`` (warnings only, no progress bars) and ``-v/--verbose`` (debug) go before or
 after the subcommand. docs/cli.md is the reference.
 
@@ -253,60 +253,20 @@ def _parse_option(text: str) -> tuple[str, object]:
     return key.strip(), parsed
 
 
-def _call_factory(factory, device):
-    """Call a backbone factory, passing ``device`` when it takes one."""
-    import inspect
-
-    if device is not None:
-        try:
-            params = inspect.signature(factory).parameters
-        except (TypeError, ValueError):
-            params = {}
-        if "device" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
-            return factory(device=device)
-    return factory()
-
-
 def load_backbone(spec: str, device: "str | None" = None):
-    """A backbone from a ``--backbone`` spec: ``tiny`` (``hoiguide.backbones.tiny()``),
-    ``hunyuan:PATH_OR_REPO`` (:meth:`HunyuanBackbone.from_pretrained`) or
-    ``python:module:callable`` (any factory returning a FlowBackbone; gets ``device=`` when
-    its signature takes one). Raises :class:`UsageError` for a spec that names nothing."""
-    import importlib
+    """The backbone of a ``--backbone`` spec (:func:`hoiguide.backbones.load_backbone`); a
+    spec that names nothing is a :class:`UsageError` (exit code 2)."""
+    from hoiguide.backbones.spec import BackboneSpecError, load_backbone as load
 
-    kind, _, rest = spec.partition(":")
-    if spec == "tiny":
-        import hoiguide.backbones as backbones
-
-        try:
-            factory = getattr(backbones, "tiny")
-        except AttributeError:
-            raise UsageError("--backbone tiny: hoiguide.backbones.tiny() does not exist yet (the "
-                             "bundled tiny generator arrives with a later issue); use "
-                             "--backbone hunyuan:PATH_OR_REPO or python:module:callable") from None
-        return _call_factory(factory, device)
-    if kind == "hunyuan" and rest:
-        from hoiguide.backbones import HunyuanBackbone
-
-        return HunyuanBackbone.from_pretrained(rest, device=device)
-    if kind == "python" and rest.count(":") == 1:
-        mod_name, attr = rest.split(":")
-        try:
-            module = importlib.import_module(mod_name)
-        except ImportError as exc:
-            raise UsageError(f"--backbone {spec}: cannot import {mod_name!r} ({exc})") from None
-        factory = getattr(module, attr, None)
-        if not callable(factory):
-            raise UsageError(f"--backbone {spec}: module {mod_name!r} has no callable "
-                             f"{attr!r}")
-        return _call_factory(factory, device)
-    raise UsageError(f"--backbone: expected tiny, hunyuan:PATH_OR_REPO or "
-                     f"python:module:callable, got {spec!r}")
+    try:
+        return load(spec, device)
+    except BackboneSpecError as exc:
+        raise UsageError(f"--{exc}") from None
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run presets on a scene set and write per-scene results and the summary tables."""
-    from hoiguide.eval.bench import (BenchmarkError, format_table, resolve_presets,
+    from hoiguide.apps.bench import (BenchmarkError, format_table, resolve_presets,
                                      resolve_scenes, run_benchmark)
     from hoiguide.phases import ScheduleError
 
@@ -342,8 +302,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """One synthetic scene end to end: meshes, pictures and metrics (hoiguide.demo.run_demo)."""
-    from hoiguide.demo import headline, run_demo
+    """One synthetic scene end to end: meshes, pictures and metrics (hoiguide.apps.scene.run_demo)."""
+    from hoiguide.apps.scene import headline, run_demo
     from hoiguide.guidance.engine import GuidanceOptions
     from hoiguide.phases import ScheduleError, load_schedule
 
@@ -411,8 +371,8 @@ _BACKBONE_SPEC = re.compile(r"^(tiny|hunyuan:.+|python:[^:]+:[^:]+)$")
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    """Every item of a folder or list file, one output folder each (hoiguide.batch)."""
-    from hoiguide.batch import BatchError, parse_shard, run_batch
+    """Every item of a folder or list file, one output folder each (hoiguide.apps.batch)."""
+    from hoiguide.apps.batch import BatchError, parse_shard, run_batch
     from hoiguide.phases import ScheduleError
 
     try:
@@ -466,9 +426,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 
 def cmd_app(args: argparse.Namespace) -> int:
-    """Serve the web demo (hoiguide.app) until interrupted."""
+    """Serve the web demo (hoiguide.apps.webapp) until interrupted."""
     try:
-        from hoiguide.app import launch
+        from hoiguide.apps.webapp import launch
 
         if not 0 < args.port < 65536:
             raise UsageError(f"--port: expected 1-65535, got {args.port}")
@@ -606,7 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
     s.add_argument("--overwrite", action="store_true", help="regenerate existing scenes")
     s.set_defaults(func=cmd_synth)
-    from hoiguide.adapters.reconstruct_cli import add_reconstruct_parser
+    from hoiguide.cli.reconstruct import add_reconstruct_parser
 
     s = add_reconstruct_parser(sub)
     s.epilog, s.formatter_class = SUB_EXAMPLES["reconstruct"], raw

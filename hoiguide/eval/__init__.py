@@ -1,5 +1,6 @@
 """Metrics of the paper's protocol (Chamfer cm^2, F-score, intersection volume cm^3, reconstruction rate)
-and the benchmark runner (:func:`run_benchmark`, ``hoiguide bench``)."""
+and the hand-aligned protocol. The benchmark runner is an application:
+:mod:`hoiguide.apps.bench` (``hoiguide bench``)."""
 
 from hoiguide._lazy import lazy_exports
 
@@ -14,13 +15,6 @@ _EXPORTS = {
     'hand_aligned_metrics': 'protocol',
     'hand_alignment': 'protocol',
     'hidden_surface_mask': 'protocol',
-    'run_benchmark': 'bench',
-    'summarize': 'bench',
-    'format_table': 'bench',
-    'scene_seed': 'bench',
-    'resolve_scenes': 'bench',
-    'resolve_presets': 'bench',
-    'BenchmarkError': 'bench',
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

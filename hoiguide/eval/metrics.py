@@ -1,4 +1,4 @@
-"""Metrics of the paper's evaluation protocol (REFERENCE.md section 4).
+"""Metrics of the paper's evaluation protocol (docs/method.md section 4).
 
 Inputs are :class:`~hoiguide.types.Mesh` objects or ``(N, 3)`` point arrays / tensors, all in
 **metres** and in one common frame. Outputs are in the paper's units:

@@ -1,4 +1,4 @@
-"""The paper's hand-aligned evaluation (REFERENCE.md section 4).
+"""The paper's hand-aligned evaluation (docs/method.md section 4).
 
 A prediction (hand mesh + object mesh) and the ground truth (hand mesh + object mesh) are each
 expressed in their own frame, metres. The protocol:

@@ -60,6 +60,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from hoiguide.geometry._indexing import take
 from hoiguide.types import ArrayLike, Mesh
 
 __all__ = ["grid_points", "extract_isosurface", "connected_components",
@@ -457,9 +458,9 @@ def extract_isosurface(sdf_grid: torch.Tensor, bounds: float | ArrayLike, *,
     corner_idx = active[:, None, :] + corner_offsets[None]            # (N, 8, 3)
     lin = (corner_idx[..., 0] * Ry + corner_idx[..., 1]) * Rz + corner_idx[..., 2]
     flat = grid.reshape(-1)
-    vals = flat[lin] - level                                          # (N, 8)
-    fa = vals[:, edge_corners[:, 0]]                                  # (N, 12)
-    fb = vals[:, edge_corners[:, 1]]
+    vals = take(flat, lin) - level       # (N, 8); take: deterministic backward on the CPU
+    fa = take(vals, edge_corners[:, 0], 1)                            # (N, 12)
+    fb = take(vals, edge_corners[:, 1], 1)
     t = _crossing_fraction(fa, fb, crossed, floor)                    # in [0, 1]
     pa = corner_offsets[edge_corners[:, 0]].to(dtype)                 # (12, 3)
     pb = corner_offsets[edge_corners[:, 1]].to(dtype)
@@ -479,8 +480,8 @@ def extract_isosurface(sdf_grid: torch.Tensor, bounds: float | ArrayLike, *,
         e_axis = uid // (Rx * Ry * Rz)
         e_lin = uid % (Rx * Ry * Rz)
         stride = torch.tensor([Ry * Rz, Rz, 1], device=device)
-        f0 = flat[e_lin] - level
-        f1 = flat[e_lin + stride[e_axis]] - level
+        f0 = take(flat, e_lin) - level
+        f1 = take(flat, e_lin + stride[e_axis]) - level
         te = _crossing_fraction(f0, f1, None, floor)
         g = torch.stack([e_lin // (Ry * Rz), (e_lin // Rz) % Ry, e_lin % Rz], -1).to(dtype)
         g = g + te[:, None] * torch.nn.functional.one_hot(e_axis, 3).to(dtype)

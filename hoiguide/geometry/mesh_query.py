@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hoiguide.geometry._indexing import take
 from hoiguide.types import ArrayLike, Mesh
 
 __all__ = ["closest_points", "signed_distance", "inside", "winding_number"]
@@ -310,7 +311,7 @@ def _project(points: torch.Tensor, mesh: Mesh, face: torch.Tensor
     ``points`` and ``mesh.vertices``, in the promoted dtype of the two."""
     dt = torch.promote_types(points.dtype, mesh.vertices.dtype)
     p = points.to(dt)
-    tri = mesh.vertices.to(dt)[mesh.faces[face]]  # (N, 3, 3)
+    tri = take(mesh.vertices.to(dt), take(mesh.faces, face))  # (N, 3, 3)
     with torch.no_grad():
         bary = _closest_barycentric(p.detach(), tri[:, 0].detach(), tri[:, 1].detach(),
                                     tri[:, 2].detach())

@@ -6,7 +6,7 @@ All functions work in float64 numpy internally and return a :class:`~hoiguide.ty
 consistent unit: nothing here assumes a unit except where a tolerance says so); meshes are
 :class:`~hoiguide.types.Mesh` objects whose surface is sampled (see :func:`icp`).
 
-This is step 7 of the reference pipeline (REFERENCE.md section 1): the coarse generated mesh is
+This is step 7 of the reference pipeline (docs/method.md section 1): the coarse generated mesh is
 aligned to the partial point cloud of the image, and the hand mesh to the coarse mesh. The
 reference's choices are the defaults of :func:`icp`: a start that matches centroids and
 bounding-box diagonals, point-to-point ICP with scale, 20 % of the correspondences trimmed per
@@ -605,7 +605,7 @@ def icp(source: Geometry, target: Geometry, *, init: Similarity | None = None,
         seed: int = 0, return_info: bool = False) -> Similarity | tuple[Similarity, IcpInfo]:
     """Trimmed point-to-point ICP with scale: the similarity mapping SOURCE onto TARGET.
 
-    Algorithm (the reference's, REFERENCE.md section 1 step 7): start from ``init`` or
+    Algorithm (the reference's, docs/method.md section 1 step 7): start from ``init`` or
     :func:`initial_similarity` (centroids and bounding-box diagonals matched, no rotation).
     Each iteration finds nearest-neighbour correspondences under the current transform,
     drops the worst ``trim`` fraction, and re-fits the similarity in closed form

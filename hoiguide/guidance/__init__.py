@@ -1,4 +1,13 @@
-"""Guided and unguided rectified-flow sampling."""
+"""Guided and unguided rectified-flow sampling.
+
+Read top-down: :mod:`~hoiguide.guidance.engine` (``GuidedSampler``: the sampling loop) ->
+:mod:`~hoiguide.guidance.inner` (one phase's inner optimisation) ->
+:mod:`~hoiguide.guidance.updates` (how a step moves the sample: euler, renoise, back) and
+:mod:`~hoiguide.guidance.flow` (the flow arithmetic of both time conventions);
+:mod:`~hoiguide.guidance.context` holds a run's shared state,
+:mod:`~hoiguide.guidance.records` the options, history and step state callbacks see,
+:mod:`~hoiguide.guidance.sampler` unguided sampling and decoding.
+"""
 
 from hoiguide._lazy import lazy_exports
 
@@ -17,13 +26,18 @@ _EXPORTS = {
     'decode_grid': 'sampler',
     'initial_noise': 'sampler',
     'GuidedSampler': 'engine',
-    'GuidanceOptions': 'engine',
-    'GuidanceResult': 'engine',
-    'StepState': 'engine',
-    'History': 'engine',
-    'HistoryRecord': 'engine',
-    'NonFiniteLossError': 'engine',
-    'Timings': 'engine',
+    'GuidanceOptions': 'records',
+    'StepState': 'records',
+    'History': 'records',
+    'HistoryRecord': 'records',
+    'NonFiniteLossError': 'records',
+    'Timings': 'records',
+    'FlowUpdate': 'updates',
+    'EulerUpdate': 'updates',
+    'RenoiseUpdate': 'updates',
+    'flow_update': 'updates',
+    'optimise_phase': 'inner',
+    'RunContext': 'context',
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -33,10 +33,11 @@ broadcast over the remaining dimensions. No scheduler object is involved.
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import Union
 
 import torch
+
+from hoiguide.backbones.base import TimeConvention
 
 __all__ = [
     "TimeConvention",
@@ -50,41 +51,6 @@ __all__ = [
 ]
 
 SigmaLike = Union[float, torch.Tensor]
-
-
-class TimeConvention(str, Enum):
-    """Which end of the flow time axis holds the data (see the module docstring).
-
-    Members compare equal to their string values, so ``"data_at_1"`` can be passed anywhere a
-    ``TimeConvention`` is expected.
-    """
-
-    DATA_AT_1 = "data_at_1"
-    DATA_AT_0 = "data_at_0"
-
-    @property
-    def data_sigma(self) -> float:
-        """The sigma at which samples are data (end of sampling)."""
-        return 1.0 if self is TimeConvention.DATA_AT_1 else 0.0
-
-    @property
-    def noise_sigma(self) -> float:
-        """The sigma at which samples are pure noise (start of sampling)."""
-        return 0.0 if self is TimeConvention.DATA_AT_1 else 1.0
-
-    @classmethod
-    def parse(cls, value: "TimeConvention | str") -> "TimeConvention":
-        """Return the member for ``value`` or raise a ValueError that lists the valid names."""
-        if isinstance(value, cls):
-            return value
-        try:
-            return cls(str(value))
-        except ValueError:
-            raise ValueError(f"unknown time convention {value!r}; expected one of "
-                             f"{[m.value for m in cls]}") from None
-
-    def __str__(self) -> str:  # "data_at_1" rather than "TimeConvention.DATA_AT_1"
-        return self.value
 
 
 def _sigma_like(sigma: SigmaLike, x: torch.Tensor, name: str = "sigma") -> SigmaLike:

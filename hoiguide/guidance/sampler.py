@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -117,17 +117,26 @@ def sample(backbone: Any, image: Any, *, num_steps: int = 50,
 
 
 def decode_grid(backbone: Any, latent: torch.Tensor, resolution: int | None = None, *,
-                chunk_size: int | None = None) -> torch.Tensor:
-    """Decode the backbone's SDF on a dense grid over ``backbone.bounds``.
+                chunk_size: int | None = None,
+                sparse: bool | Mapping[str, Any] = False) -> torch.Tensor:
+    """Decode the backbone's SDF on a grid over ``backbone.bounds``.
 
     Args:
         latent: ``(B, *latent_shape)`` or one latent ``latent_shape``.
         resolution: grid points per axis (default ``backbone.default_resolution``).
-        chunk_size: forwarded to ``decode_sdf`` when the backbone accepts it.
+        chunk_size: forwarded to ``decode_sdf`` (``sdf_query``) when the backbone accepts it.
+        sparse: ``False`` (default) decodes every grid point. ``True`` or a dict of options
+            (``band``, ``coarse_resolution``: see :func:`hoiguide.geometry.sparse.sparse_grid`)
+            decodes only the narrow band around the surface, coarse to fine, through the
+            backbone's ``sdf_query`` when it has one; points away from the band hold a
+            constant of the right sign (no gradient), so ``extract_isosurface`` on the result
+            gives the dense grid's mesh (see :mod:`hoiguide.geometry.sparse` for when a
+            separate thin part can be missed).
     Returns:
         ``(B, R, R, R)`` (or ``(R, R, R)`` for one unbatched latent), negative inside, sampled at
         ``hoiguide.geometry.grid_points(backbone.bounds, R)`` (``[x, y, z]`` 'ij' order).
-        Differentiable w.r.t. ``latent`` when gradients are enabled.
+        Differentiable w.r.t. ``latent`` when gradients are enabled (sparse: through the
+        values the iso-surface's vertices depend on).
     """
     from hoiguide.geometry import grid_points
 
@@ -140,27 +149,44 @@ def decode_grid(backbone: Any, latent: torch.Tensor, resolution: int | None = No
     r = int(resolution if resolution is not None else backbone.default_resolution)
     if r < 2:
         raise ValueError(f"resolution: expected >= 2 grid points per axis, got {r}")
-    pts = grid_points(backbone.bounds, r,
-                      dtype=torch.float32 if backbone.dtype in (torch.float16, torch.bfloat16)
-                      else backbone.dtype, device=backbone.device)
-    flat = pts.reshape(-1, 3)
+    pdtype = torch.float32 if backbone.dtype in (torch.float16, torch.bfloat16) \
+        else backbone.dtype
     kwargs = {"chunk_size": chunk_size} if chunk_size is not None else {}
+    options = _sparse_options(sparse)
+    if options is not None:
+        from hoiguide.geometry.sparse import sdf_query, sparse_grid
+
+        grids = []
+        for i in range(latent.shape[0]):
+            q = sdf_query(backbone, latent[i:i + 1], **kwargs)
+            sg = sparse_grid(lambda p, q=q: q(p)[0], backbone.bounds, r, dtype=pdtype,
+                             device=backbone.device, **options)
+            grids.append(sg.values)
+        sdf = torch.stack(grids)
+        return sdf[0] if unbatched else sdf
+    pts = grid_points(backbone.bounds, r, dtype=pdtype, device=backbone.device)
+    flat = pts.reshape(-1, 3)
     sdf = backbone.decode_sdf(latent, flat, **kwargs)
     sdf = sdf.reshape(latent.shape[0], r, r, r)
     return sdf[0] if unbatched else sdf
 
 
 def latent_to_mesh(backbone: Any, latent: torch.Tensor, resolution: int | None = None, *,
-                   chunk_size: int | None = None, level: float = 0.0) -> Mesh:
+                   chunk_size: int | None = None, level: float = 0.0,
+                   sparse: bool | Mapping[str, Any] = False) -> Mesh:
     """Decode one latent to a triangle mesh in the generator frame (no gradients).
 
-    Dense decode (:func:`decode_grid`) followed by ``hoiguide.geometry.extract_isosurface`` at
+    Decode (:func:`decode_grid`) followed by ``hoiguide.geometry.extract_isosurface`` at
     ``level`` (0 = the surface of the negative-inside field). The mesh may be empty (check
     ``mesh.is_empty``) when the field has no sign change in the box.
 
     Args:
         latent: ``latent_shape`` or ``(1, *latent_shape)``.
         resolution: grid points per axis (default ``backbone.default_resolution``).
+        chunk_size: as :func:`decode_grid`.
+        level: the iso-level.
+        sparse: as :func:`decode_grid` (narrow-band decoding: the same mesh from a fraction of
+            the decoder queries).
     Returns:
         :class:`~hoiguide.types.Mesh` in generator units, outward-facing triangles; metadata
         records ``frame="generator"``, ``resolution`` and ``bounds``.
@@ -173,9 +199,33 @@ def latent_to_mesh(backbone: Any, latent: torch.Tensor, resolution: int | None =
                              f"{latent.shape[0]}; call it per latent")
         latent = latent[0]
     r = int(resolution if resolution is not None else backbone.default_resolution)
+    options = _sparse_options(sparse)
     with torch.no_grad():
-        grid = decode_grid(backbone, latent, r, chunk_size=chunk_size)
+        if options is not None:
+            options.setdefault("level", level)
+        grid = decode_grid(backbone, latent, r, chunk_size=chunk_size,
+                           sparse=False if options is None else options)
         mesh = extract_isosurface(grid, backbone.bounds, level=level)
     mesh.metadata.update({"frame": "generator", "resolution": r,
-                          "bounds": tuple(map(tuple, backbone.bounds))})
+                          "bounds": tuple(map(tuple, backbone.bounds)),
+                          "sparse": options is not None})
     return mesh
+
+
+_SPARSE_KEYS = ("band", "coarse_resolution", "level")
+
+
+def _sparse_options(sparse: bool | Mapping[str, Any]) -> dict[str, Any] | None:
+    """``None`` for a dense decode, else the keyword options of ``sparse_grid``."""
+    if sparse is False or sparse is None:
+        return None
+    if sparse is True:
+        return {}
+    if isinstance(sparse, Mapping):
+        bad = sorted(set(sparse) - set(_SPARSE_KEYS))
+        if bad:
+            raise ValueError(f"sparse: unknown option(s) {bad}; expected some of "
+                             f"{list(_SPARSE_KEYS)}")
+        return dict(sparse)
+    raise TypeError(f"sparse: expected True, False or a dict of options "
+                    f"{list(_SPARSE_KEYS)}, got {type(sparse).__name__}")

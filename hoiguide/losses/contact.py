@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from hoiguide.geometry._indexing import take
 from hoiguide.losses.context import LossContext
 from hoiguide.losses.image import _shape
 from hoiguide.losses.registry import Option, register_loss
@@ -84,7 +85,7 @@ def _samples(mesh: Mesh, face_centroids: bool) -> torch.Tensor:
     v = mesh.vertices
     if not face_centroids:
         return v
-    return torch.cat([v, v[mesh.faces].mean(1)])
+    return torch.cat([v, take(v, mesh.faces).mean(1)])  # take: deterministic backward
 
 
 def intersection_loss(mesh_a: Mesh, mesh_b: Mesh, *, power: int = 1, both_ways: bool = True,
@@ -140,7 +141,7 @@ def _proximity_term(ctx: LossContext, margin: float, vertex_ids: Optional[Sequen
         if idx.numel() == 0 or int(idx.min()) < 0 or int(idx.max()) >= v.shape[0]:
             raise ValueError(f"proximity: vertex_ids must be non-empty indices in "
                              f"[0, {v.shape[0]}), got {list(vertex_ids)[:8]}...")
-        v = v[idx]
+        v = take(v, idx)
     return proximity_loss(v, ctx.object_mesh, margin, sign)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from hoiguide.geometry._indexing import take
 from hoiguide.losses.context import LossContext
 from hoiguide.losses.image import _shape
 from hoiguide.losses.registry import Option, register_loss
@@ -50,7 +51,7 @@ def edge_length_loss(mesh: Mesh) -> torch.Tensor:
     _check_mesh(mesh, "edge_length_loss")
     e = unique_edges(mesh.faces)
     v = mesh.vertices
-    return ((v[e[:, 0]] - v[e[:, 1]]) ** 2).sum(-1).mean()
+    return ((take(v, e[:, 0]) - take(v, e[:, 1])) ** 2).sum(-1).mean()
 
 
 def vertex_l2_loss(vertices: torch.Tensor, center: bool = False) -> torch.Tensor:

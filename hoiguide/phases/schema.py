@@ -85,6 +85,8 @@ from typing import Any, Iterable, Optional, Union
 import torch
 import yaml
 
+from hoiguide.io import did_you_mean, load_yaml
+
 __all__ = [
     "ScheduleError", "PhaseSchedule", "Phase", "OptimizerSpec", "LossWeight", "Term", "Window",
     "GuidanceDecay", "ResolvedPhase", "ResolvedSchedule", "load_schedule",
@@ -130,9 +132,7 @@ class ScheduleError(ValueError):
         super().__init__(prefix + message)
 
 
-def _suggest(name: Any, candidates: Iterable[str]) -> str:
-    close = difflib.get_close_matches(str(name), list(candidates), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]}?" if close else ""
+_suggest = did_you_mean
 
 
 # --------------------------------------------------------------------------------------
@@ -140,23 +140,11 @@ def _suggest(name: Any, candidates: Iterable[str]) -> str:
 # --------------------------------------------------------------------------------------
 
 
-class _Loader(yaml.SafeLoader):
-    pass
-
-
-_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in
-                                   yaml.SafeLoader.yaml_implicit_resolvers.items()}
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"))
-
-
 def _read_yaml(text: str, source: str) -> Any:
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
-    except yaml.YAMLError as e:
-        raise ScheduleError(f"not valid YAML: {e}", source=source) from None
+        return load_yaml(source, text=text)
+    except ValueError as e:
+        raise ScheduleError(str(e).removeprefix(f"{source}: "), source=source) from None
 
 
 # --------------------------------------------------------------------------------------

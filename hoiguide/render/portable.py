@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from hoiguide.geometry._indexing import take
 from hoiguide.types import Camera
 
 log = logging.getLogger(__name__)
@@ -666,8 +667,8 @@ def render_portable(verts: torch.Tensor, faces: torch.Tensor, face_offsets: torc
         s_idx, p_idx = torch.nonzero(near_edge >= 0, as_tuple=True)
         if s_idx.numel():
             e = near_edge[s_idx, p_idx]
-            pa = _project(verts[seg["ia"][e]], cam)
-            pb = _project(verts[seg["ib"][e]], cam)
+            pa = _project(take(verts, seg["ia"][e]), cam)  # deterministic backward
+            pb = _project(take(verts, seg["ib"][e]), cam)
             row = torch.div(p_idx, W, rounding_mode="floor")
             p = torch.stack([(p_idx - row * W).to(verts.dtype) + 0.5,
                              row.to(verts.dtype) + 0.5], -1)

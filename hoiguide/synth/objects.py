@@ -1,12 +1,17 @@
 """Graspable objects for synthetic hand-object scenes.
 
-Two families of objects:
+Two sources of objects:
 
-* **Procedural shapes** (:data:`PROCEDURAL_KINDS`): boxes with rounded edges, cylinders,
-  spheres, bottles, mugs with a handle, tori, cones, capsules, ellipsoids, cans, bowls and
-  cups. Each call draws random proportions from the caller's ``numpy.random.Generator``.
-  They are built directly as closed triangle meshes (surfaces of revolution,
-  superellipsoids, a swept tube for the mug handle) and need only numpy and trimesh.
+* **Procedural families** (:data:`FAMILIES`, names in :data:`PROCEDURAL_KINDS`): the
+  categories of hand-object datasets (YCB / OakInk / DexYCB style) -- mug with a handle,
+  cup, bowl, bottle with neck and cap, can, box, gable-top carton, phone-like slab, kitchen
+  knife, spatula, screwdriver, pen with clip, marker, banana, trigger spray bottle -- and
+  the simple solids cylinder, sphere, ellipsoid, cone, capsule and torus. Each family draws
+  its proportions from documented ranges and its longest side from a real-world size range
+  (:class:`Family`). They are built directly as closed triangle meshes (surfaces of
+  revolution, lofts of superellipse sections, superellipsoids, swept tubes; mug, knife, pen
+  and spray bottle are unions of such parts, which needs manifold3d) and need only numpy
+  and trimesh otherwise.
 * **Meshes shipped in pybullet_data**: the 1000 ``random_urdfs/NNN`` objects and a few
   named household meshes (:data:`NAMED_OBJECTS`). Indices ``000-699``
   (:data:`DEV_INDICES`) are for development; ``700-999`` (:data:`EVAL_INDICES`) and every
@@ -14,10 +19,32 @@ Two families of objects:
   ``synth`` extra (``pip install 'hoiguide[synth]'``: ``pybullet`` for the data files and
   ``manifold3d`` for exact mesh booleans).
 
+Procedural instances and their split. ``procedural:mug`` is a fresh random mug each time
+(drawn from the caller's random generator). ``procedural:mug@SEED`` is one fixed mug: its
+proportions and size come from ``(family, SEED)`` alone. Seeds are split like the pybullet
+indices:
+
+=========  ======================  ==================================================
+split      seeds                   use
+=========  ======================  ==================================================
+train      0-9999                  training a generator (:data:`TRAIN_SEEDS`)
+val        10000-10999             validation, development and tuning (:data:`VAL_SEEDS`)
+eval       20000-20999             evaluation only, never tuned on (:data:`EVAL_SEEDS`)
+=========  ======================  ==================================================
+
+Seeds 11000-19999 and from 21000 on are unassigned (refused). A bundled generator is
+trained on ``random_urdfs`` :data:`GENERATOR_TRAIN_INDICES` (0-599) and training seeds, and
+validated on :data:`GENERATOR_VAL_INDICES` (600-699) and validation seeds;
+:attr:`ObjectSource.generator_split` tells which part an object belongs to. Specs:
+``procedural:knife@10003``, ``procedural:knife@10000-10019``, ``procedural:all@val``,
+``procedural:pen@eval`` (see :func:`parse_object_spec`).
+
 Object frame and units (what :func:`load_object` returns): metres, the bounding-box centre at
-the origin, the longest bounding-box side drawn uniformly from ``size_range``; the object's
-own axes (a procedural shape's axis of revolution is +z). No random orientation is applied:
-the grasp code places the object.
+the origin, the longest bounding-box side drawn uniformly from ``size_range`` (default: the
+family's real-world range; ``(0.05, 0.20)`` for pybullet objects); the object's own axes: a
+procedural shape's axis of revolution or long axis is +z (a tool's handle at -z), a mug's
+handle and a spray bottle's nozzle point along +x, a phone is thin along y. No random
+orientation is applied: the grasp code places the object.
 
 How a pybullet mesh becomes a closed surface: the ``random_urdfs`` OBJ files (and the teddy)
 are convex decompositions (one ``o convex_k`` part per convex piece; the pieces touch but
@@ -38,6 +65,7 @@ import functools
 import logging
 import math
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -50,21 +78,58 @@ from hoiguide.types import Mesh
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "PROCEDURAL_KINDS", "DEV_INDICES", "EVAL_INDICES", "NAMED_OBJECTS", "BROKEN_INDICES",
+    "PROCEDURAL_KINDS", "FAMILIES", "Family", "DEV_INDICES", "EVAL_INDICES",
+    "GENERATOR_TRAIN_INDICES", "GENERATOR_VAL_INDICES", "TRAIN_SEEDS", "VAL_SEEDS",
+    "EVAL_SEEDS", "SEED_SPLITS", "seed_split", "NAMED_OBJECTS", "BROKEN_INDICES",
     "ObjectSource", "parse_object_spec", "load_object", "pybullet_data_path",
 ]
 
 PROCEDURAL_KINDS: tuple[str, ...] = (
     "box", "cylinder", "sphere", "bottle", "mug", "torus", "cone", "capsule", "ellipsoid",
     "can", "bowl", "cup",
+    "carton", "phone", "knife", "spatula", "screwdriver", "pen", "marker", "banana",
+    "spray_bottle",
 )
-"""Procedural shape kinds accepted by ``procedural:KIND``."""
+"""Procedural families accepted by ``procedural:KIND`` (see :data:`FAMILIES`)."""
 
 DEV_INDICES = range(0, 700)
 """``random_urdfs`` indices for development (tuning allowed)."""
 
 EVAL_INDICES = range(700, 1000)
 """``random_urdfs`` indices reserved for evaluation (never tune on them)."""
+
+GENERATOR_TRAIN_INDICES = range(0, 600)
+"""``random_urdfs`` indices a bundled generator may be trained on."""
+
+GENERATOR_VAL_INDICES = range(600, 700)
+"""``random_urdfs`` indices a bundled generator is validated on (never trained on)."""
+
+TRAIN_SEEDS = range(0, 10_000)
+"""Procedural instance seeds for training (``procedural:KIND@SEED``)."""
+
+VAL_SEEDS = range(10_000, 11_000)
+"""Procedural instance seeds for validation and development (tuning allowed)."""
+
+EVAL_SEEDS = range(20_000, 21_000)
+"""Procedural instance seeds reserved for evaluation (never tune on them)."""
+
+SEED_SPLITS: dict[str, range] = {"train": TRAIN_SEEDS, "val": VAL_SEEDS, "eval": EVAL_SEEDS}
+"""The instance-seed ranges by name, as accepted by ``procedural:KIND@NAME``."""
+
+
+def seed_split(seed: int) -> str:
+    """``"train"``, ``"val"`` or ``"eval"``: the split of a procedural instance seed.
+
+    Raises:
+        ValueError: the seed is in none of :data:`SEED_SPLITS` (11000-19999 and from 21000
+            on are unassigned).
+    """
+    for name, r in SEED_SPLITS.items():
+        if int(seed) in r:
+            return name
+    raise ValueError(f"procedural instance seed {seed} is in no split; use "
+                     + ", ".join(f"{n} {r.start}-{r.stop - 1}" for n, r in SEED_SPLITS.items()))
+
 
 NAMED_OBJECTS: dict[str, str] = {
     "duck": "duck.obj",
@@ -105,6 +170,8 @@ _MIN_COMPONENT_FRACTION = 0.01  # united components smaller than this (of the vo
 _SUBDIVIDE_EDGE_REL = 1.0 / 14.0  # split faces until edges are below this x the longest side
 _SUBDIVIDE_MAX_FACES = 8_000  # ... or until another split would pass this many faces
 _SYNTH_HINT = "pip install 'hoiguide[synth]'"
+_PYBULLET_SIZE_RANGE = (0.05, 0.20)  # longest side of a pybullet object, metres (default)
+_UNION_FAMILIES = {"mug": 2, "knife": 2, "pen": 2, "spray_bottle": 4}  # families built by union
 
 
 # --------------------------------------------------------------------------------------
@@ -116,11 +183,20 @@ _SYNTH_HINT = "pip install 'hoiguide[synth]'"
 class ObjectSource:
     """One object: ``kind`` ("procedural" | "pybullet"), ``name`` (a procedural kind such as
     ``"mug"``, a zero-padded ``random_urdfs`` index such as ``"012"``, or a named pybullet
-    object such as ``"duck"``) and ``split`` ("dev" | "eval" | "procedural")."""
+    object such as ``"duck"``), ``split`` ("dev" | "eval" | "procedural") and, for a fixed
+    procedural instance, its ``seed`` (``procedural:mug@12``; see :data:`SEED_SPLITS`).
+
+    Splits: ``"eval"`` objects are reserved for evaluation (``random_urdfs`` 700-999, the
+    named ones, procedural instances with evaluation seeds), ``"dev"`` ones may be used for
+    development (0-699, procedural training and validation seeds); ``"procedural"`` is a
+    procedural object without a seed, drawn from the caller's random generator.
+    :attr:`generator_split` says which objects a bundled generator may have been trained on.
+    """
 
     kind: str
     name: str
     split: str
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
@@ -128,20 +204,46 @@ class ObjectSource:
         if self.split not in _SPLITS:
             raise ValueError(f"ObjectSource.split: expected one of {_SPLITS}, got "
                              f"{self.split!r}")
+        if self.seed is not None:
+            if self.kind != "procedural":
+                raise ValueError(f"ObjectSource.seed: only procedural objects have an instance "
+                                 f"seed, got kind {self.kind!r}")
+            want = "eval" if seed_split(self.seed) == "eval" else "dev"
+            if self.split != want:
+                raise ValueError(f"ObjectSource: seed {self.seed} belongs to split {want!r}, "
+                                 f"got {self.split!r}")
 
     def __str__(self) -> str:
-        return f"{self.kind}:{self.name}"
+        return f"{self.kind}:{self.name}" + (f"@{self.seed}" if self.seed is not None else "")
 
     @property
     def index(self) -> int | None:
         """The ``random_urdfs`` index, or None for procedural and named objects."""
         return int(self.name) if self.kind == "pybullet" and self.name.isdigit() else None
 
+    @property
+    def generator_split(self) -> str | None:
+        """``"train"``, ``"val"`` or ``"eval"`` in the split used to train and validate the
+        bundled generators (``random_urdfs`` :data:`GENERATOR_TRAIN_INDICES` /
+        :data:`GENERATOR_VAL_INDICES` / 700-999 and the named objects; procedural instances by
+        their seed); None for a procedural object without a seed (a fresh random instance of
+        a family the generator was trained on)."""
+        if self.kind == "procedural":
+            return None if self.seed is None else seed_split(self.seed)
+        i = self.index
+        if i is None or i in EVAL_INDICES:
+            return "eval"
+        return "train" if i in GENERATOR_TRAIN_INDICES else "val"
+
     @classmethod
-    def procedural(cls, kind: str) -> "ObjectSource":
+    def procedural(cls, kind: str, seed: int | None = None) -> "ObjectSource":
+        """A procedural family; with ``seed`` the fixed instance ``procedural:KIND@SEED``."""
         if kind not in PROCEDURAL_KINDS:
             raise ValueError(_unknown("procedural kind", kind, PROCEDURAL_KINDS))
-        return cls("procedural", kind, "procedural")
+        if seed is None:
+            return cls("procedural", kind, "procedural")
+        seed = int(seed)
+        return cls("procedural", kind, "eval" if seed_split(seed) == "eval" else "dev", seed)
 
     @classmethod
     def pybullet_index(cls, index: int) -> "ObjectSource":
@@ -206,6 +308,52 @@ def _parse_pybullet_item(item: str, part: str) -> list[ObjectSource]:
                        "'all')")
 
 
+def _parse_seeds(text: str, item: str, part: str) -> list[int]:
+    low = text.strip().lower()
+    if low in SEED_SPLITS:
+        return list(SEED_SPLITS[low])
+    m = _RANGE_RE.match(low)
+    if m:
+        a, b = int(m.group(1)), int(m.group(2))
+        if a > b:
+            raise ValueError(f"parse_object_spec: seed range {text!r} in {part!r} is reversed "
+                             f"(start {a} > end {b})")
+        seeds = list(range(a, b + 1))
+    elif low.isdigit():
+        seeds = [int(low)]
+    else:
+        raise ValueError(f"parse_object_spec: in {part!r}: after '@' in {item!r} expected a "
+                         "seed, a range START-END or one of " + ", ".join(SEED_SPLITS))
+    for sd in (seeds[0], seeds[-1]):
+        try:
+            seed_split(sd)
+        except ValueError as e:
+            raise ValueError(f"parse_object_spec: in {part!r}: {e}") from None
+    gaps = [sd for sd in seeds if not any(sd in r for r in SEED_SPLITS.values())]
+    if gaps:
+        raise ValueError(f"parse_object_spec: in {part!r}: seeds {gaps[0]}-{gaps[-1]} are in "
+                         "no split; use " + ", ".join(f"{n} {r.start}-{r.stop - 1}"
+                                                     for n, r in SEED_SPLITS.items()))
+    return seeds
+
+
+def _parse_procedural_item(item: str, part: str) -> list[ObjectSource]:
+    name, _, seeds = item.partition("@")
+    name = name.strip().lower()
+    if name == "all":
+        kinds = list(PROCEDURAL_KINDS)
+    elif name in PROCEDURAL_KINDS:
+        kinds = [name]
+    else:
+        raise ValueError(f"parse_object_spec: in {part!r}: "
+                         + _unknown("procedural kind", name, PROCEDURAL_KINDS)
+                         + " (or 'all'; KIND@SEEDS for fixed instances)")
+    if not _:
+        return [ObjectSource.procedural(k) for k in kinds]
+    return [ObjectSource.procedural(k, sd) for k in kinds
+            for sd in _parse_seeds(seeds, item, part)]
+
+
 def parse_object_spec(spec: str) -> list[ObjectSource]:
     """Parse an ``--objects`` specification into a list of object sources.
 
@@ -215,11 +363,17 @@ def parse_object_spec(spec: str) -> list[ObjectSource]:
     * ``pybullet:START-END`` (inclusive, e.g. ``0-699`` or ``000-010``), ``pybullet:12``,
       ``pybullet:duck,bunny`` (see :data:`NAMED_OBJECTS`), and the groups ``dev`` (0-699),
       ``eval`` (700-999 and the named objects), ``named`` and ``all``;
-    * ``procedural:box,mug`` (see :data:`PROCEDURAL_KINDS`) or ``procedural:all``.
+    * ``procedural:box,mug`` (see :data:`PROCEDURAL_KINDS`) or ``procedural:all``: a fresh
+      random instance of the family each time an object is loaded (from the caller's
+      random generator);
+    * ``procedural:KIND@SEEDS`` (``KIND`` may be ``all``): fixed instances by seed, SEEDS
+      one seed (``mug@10003``), an inclusive range (``mug@10000-10019``) or a whole split
+      (``knife@val``, ``all@eval``; see :data:`SEED_SPLITS`).
 
     Duplicates are dropped (first occurrence kept); known-broken indices
-    (:data:`BROKEN_INDICES`) are skipped in ranges. Objects 700-999 and named ones get
-    ``split == "eval"``, 0-699 ``"dev"``, procedural ones ``"procedural"``.
+    (:data:`BROKEN_INDICES`) are skipped in ranges. Objects 700-999, named ones and
+    procedural evaluation seeds get ``split == "eval"``, 0-699 and the other seeds
+    ``"dev"``, procedural ones without a seed ``"procedural"``.
 
     Raises:
         ValueError: naming the bad part, listing the valid kinds or names and suggesting the
@@ -248,14 +402,7 @@ def parse_object_spec(spec: str) -> list[ObjectSource]:
                              f"{kind}:ITEM[,ITEM...]")
         for item in items:
             if kind == "procedural":
-                if item.lower() == "all":
-                    srcs = [ObjectSource.procedural(k) for k in PROCEDURAL_KINDS]
-                elif item.lower() in PROCEDURAL_KINDS:
-                    srcs = [ObjectSource.procedural(item.lower())]
-                else:
-                    raise ValueError(f"parse_object_spec: in {part!r}: "
-                                     + _unknown("procedural kind", item, PROCEDURAL_KINDS)
-                                     + " (or 'all')")
+                srcs = _parse_procedural_item(item, part)
             else:
                 srcs = _parse_pybullet_item(item, part)
             for s in srcs:
@@ -645,13 +792,343 @@ def _make_cup(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return _lathe(_hollow_profile(outer, inner, t), 72, spacing=0.08)
 
 
-_PROCEDURAL_BUILDERS: dict[str, Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]]] = {
-    "box": _make_box, "cylinder": _make_cylinder, "sphere": _make_sphere,
-    "bottle": _make_bottle, "mug": _make_mug, "torus": _make_torus, "cone": _make_cone,
-    "capsule": _make_capsule, "ellipsoid": _make_ellipsoid, "can": _make_can,
-    "bowl": _make_bowl, "cup": _make_cup,
-}
-assert tuple(_PROCEDURAL_BUILDERS) == PROCEDURAL_KINDS
+# --------------------------------------------------------------------------------------
+# hand-held object families (lofts, lathes, sweeps and unions of them)
+# --------------------------------------------------------------------------------------
+
+
+def _superellipse_ring(cx: float, a: float, b: float, n: float, z: float, S: int
+                       ) -> np.ndarray:
+    """``S`` points ``(S, 3)`` on the superellipse ``|x/a|^n + |y/b|^n = 1`` at height ``z``,
+    centre ``(cx, 0)``, counter-clockwise from +x, evenly spaced by arc length."""
+    def curve(t: np.ndarray) -> np.ndarray:
+        c, s = np.cos(t), np.sin(t)
+        return np.stack([a * np.sign(c) * np.abs(c) ** (2.0 / n),
+                         b * np.sign(s) * np.abs(s) ** (2.0 / n)], 1)
+
+    t = _arclength_params(curve, 0.0, 2 * np.pi, S, endpoint=False)
+    p = curve(t)
+    return np.stack([cx + p[:, 0], p[:, 1], np.full(S, z)], 1)
+
+
+def _loft(sections: list[tuple[float, float, float, float, float]], segments: int = 64
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """Closed surface through superellipse cross-sections ``(z, cx, a, b, n)`` (height,
+    centre x, half-widths along x and y, exponent), from a pole under the first section to a
+    pole over the last one. ``z`` must not decrease; equal ``z`` with growing ``a, b`` makes a
+    flat annulus (a flat end with vertices on it)."""
+    secs = np.asarray(sections, np.float64)
+    if np.any(np.diff(secs[:, 0]) < -1e-12):
+        raise AssertionError("loft sections must go up in z")
+    rings = np.stack([_superellipse_ring(cx, a, b, n, z, segments) for z, cx, a, b, n in secs])
+    p0 = np.array([secs[0, 1], 0.0, secs[0, 0]])
+    p1 = np.array([secs[-1, 1], 0.0, secs[-1, 0]])
+    return _pole_grid(rings, p0, p1)
+
+
+def _flat_end(z: float, cx: float, a: float, b: float, n: float, k: int = 4, top: bool = False
+              ) -> list[tuple[float, float, float, float, float]]:
+    """Concentric sections of a flat end at height ``z`` (``k`` rings, outermost last for a
+    bottom end, first for a top end)."""
+    out = [(z, cx, a * f, b * f, n) for f in np.linspace(1.0 / k, 1.0, k)]
+    return out[::-1] if top else out
+
+
+def _round_end(z: float, cx: float, a: float, b: float, n: float, length: float, k: int = 6,
+               top: bool = False) -> list[tuple[float, float, float, float, float]]:
+    """Sections of a rounded (elliptic) end of the given length ending at height ``z``."""
+    phi = np.linspace(0.0, np.pi / 2, k + 1)[1:]     # from the tip towards the full section
+    out = [(z + (1 - np.cos(p)) * length if not top else z - (1 - np.cos(p)) * length,
+            cx, a * max(np.sin(p), 0.08), b * max(np.sin(p), 0.08), n) for p in phi]
+    return out if not top else out[::-1]
+
+
+def _transform(V: np.ndarray, R: np.ndarray | None = None, t=(0.0, 0.0, 0.0)) -> np.ndarray:
+    return (V @ R.T if R is not None else V) + np.asarray(t, np.float64)
+
+
+def _rot_y(angle: float) -> np.ndarray:
+    c, s = math.cos(angle), math.sin(angle)
+    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+
+
+def _make_carton(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Gable-top carton (milk / juice): a rounded-square prism, a two-slope roof and a fin."""
+    a = 1.0                                       # half width (x: across the roof's ridge)
+    b = a * float(rng.uniform(0.8, 1.0))          # half depth (y: along the ridge)
+    H = 2 * a * float(rng.uniform(1.6, 3.2))      # body height
+    G = 2 * a * float(rng.uniform(0.3, 0.45))     # roof height
+    fin = 2 * a * float(rng.uniform(0.08, 0.14))
+    t = 0.03 * a                                  # fin half thickness
+    n = 10.0
+    secs = _flat_end(0.0, 0.0, a, b, n, 5)
+    secs += [(z, 0.0, a, b, n) for z in np.linspace(0.0, H, 12)[1:]]
+    secs += [(H + G * f, 0.0, max(a * (1 - f), t), b, n) for f in np.linspace(0, 1, 8)[1:]]
+    secs += [(H + G + fin, 0.0, t, b, n)]
+    secs += _flat_end(H + G + fin, 0.0, t, b, n, 3, top=True)
+    return _loft(secs, 96)
+
+
+def _make_phone(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Phone / remote-like slab: rounded-rectangle outline (x width, z length), thin along y."""
+    c = float(rng.uniform(1.9, 2.25))             # half length / half width
+    b = float(rng.uniform(0.09, 0.14))            # half thickness / half width
+    e1 = float(rng.uniform(0.15, 0.3))            # outline corners
+    e2 = float(rng.uniform(0.35, 0.7))            # edge rounding
+    return _superellipsoid(1.0, b, c, e1, e2, rings=64, segments=96)
+
+
+def _make_knife(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Kitchen knife along +z: a rounded handle (z < 0) and a thin blade whose spine is
+    straight and whose edge curves up to the tip; the blade starts inside the handle."""
+    L = 1.0
+    Lh = L * float(rng.uniform(0.36, 0.46))       # handle length
+    hw = L * float(rng.uniform(0.035, 0.05))      # handle half width (x)
+    ht = hw * float(rng.uniform(0.6, 0.8))        # handle half thickness (y)
+    W = L * float(rng.uniform(0.08, 0.16))        # blade width
+    bt = L * float(rng.uniform(0.006, 0.009))     # blade half thickness
+    tip = float(rng.uniform(0.25, 0.5))           # fraction of the blade that curves to the tip
+    n_h = float(rng.uniform(2.5, 4.0))
+    hs = _round_end(-Lh, 0.0, hw, ht, n_h, 0.6 * ht)
+    hs += [(z, 0.0, hw, ht, n_h) for z in np.linspace(-Lh + 0.6 * ht, -0.02 * L, 10)[1:]]
+    hs += _round_end(-0.02 * L + 0.5 * ht, 0.0, hw, ht, n_h, 0.5 * ht, top=True)[1:]
+    handle = _loft(hs, 48)
+    Lb = L - Lh
+    z0 = -0.08 * L                                # blade root, inside the handle
+    xs = hw * 0.9                                 # spine at the handle's top side
+    secs = []
+    zs = np.concatenate([np.linspace(z0, 0.0, 3), np.linspace(0.0, Lb, 40)[1:]])
+    for z in zs:
+        u = max(z, 0.0) / Lb                      # 0 at the bolster, 1 at the tip
+        if z < 0.0:
+            width = 0.8 * min(W, 2 * hw)
+        elif u < 1 - tip:
+            width = W * (0.85 + 0.15 * min(1.0, u / 0.08))
+        else:
+            v = (u - (1 - tip)) / tip
+            width = W * math.sqrt(max(1 - v * v, 0.0))
+        width = max(width, 0.004 * L)
+        thick = bt * (1.0 if u < 0.85 else max(0.35, 1 - (u - 0.85) / 0.15 * 0.65))
+        secs.append((z, xs - width / 2, width / 2, thick, 2.0))
+    blade = _loft(secs, 48)
+    return _union_or_concat([(handle[0], handle[1]), blade], "procedural knife")
+
+
+def _make_spatula(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Spatula / turner along +z: a rounded handle, a narrow neck and a flat paddle with
+    rounded corners, one closed loft."""
+    L = 1.0
+    Lh = L * float(rng.uniform(0.45, 0.55))       # handle
+    Ln = L * float(rng.uniform(0.06, 0.12))       # neck
+    hw = L * float(rng.uniform(0.025, 0.035))     # handle half width
+    ht = hw * float(rng.uniform(0.55, 0.8))
+    W = L * float(rng.uniform(0.18, 0.28))        # paddle width
+    pt = L * float(rng.uniform(0.006, 0.01))      # paddle half thickness
+    r = W * float(rng.uniform(0.15, 0.35))        # paddle corner radius
+    zp = Lh + Ln
+    secs = _round_end(0.0, 0.0, hw, ht, 2.5, 0.8 * ht)
+    secs += [(z, 0.0, hw, ht, 2.5) for z in np.linspace(0.8 * ht, Lh, 12)[1:]]
+    for f in np.linspace(0, 1, 7)[1:]:            # neck: thinner and flatter
+        secs.append((Lh + f * Ln, 0.0, hw * (1 - 0.3 * f), ht + (pt - ht) * f, 2.5 + 1.5 * f))
+    for z in np.linspace(zp, L, 24)[1:]:
+        u = (z - zp) / (L - zp)
+        half = 0.7 * hw + (W / 2 - 0.7 * hw) * min(1.0, u / 0.25) ** 0.7
+        if z > L - r:                             # rounded corners at the far end
+            dz = z - (L - r)
+            half = W / 2 - r + math.sqrt(max(r * r - dz * dz, 0.0))
+        secs.append((z, 0.0, max(half, 0.01 * L), pt, 4.0))
+    return _loft(secs, 64)
+
+
+def _make_screwdriver(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Screwdriver along +z: a bulged handle, a ferrule, a thin shaft and a pointed tip."""
+    L = 1.0
+    Lh = L * float(rng.uniform(0.38, 0.5))
+    Rh = L * float(rng.uniform(0.06, 0.09))
+    rs = L * float(rng.uniform(0.014, 0.022))
+    Lt = L * float(rng.uniform(0.03, 0.06))
+    z = np.linspace(0.0, Lh, 14)
+    bulge = Rh * (0.88 + 0.12 * np.sin(np.pi * z / Lh))
+    prof = [np.array([[0.0, 0.0]]), _arc((bulge[0] - 0.3 * Rh, 0.3 * Rh), 0.3 * Rh,
+                                         -np.pi / 2, 0.0, 5)[1:],
+            np.stack([bulge[2:], z[2:]], 1),
+            np.array([[0.55 * Rh, Lh + 0.04 * L], [1.6 * rs, Lh + 0.08 * L],
+                      [rs, Lh + 0.1 * L], [rs, L - Lt], [0.35 * rs, L - 0.002],
+                      [0.0, L]])]
+    return _lathe(np.concatenate(prof), 48, spacing=0.02)
+
+
+def _make_pen(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Ballpoint pen along +z: a slim barrel, a conical writing tip, a cap over the back end
+    with a pocket clip along +x."""
+    L = 1.0
+    r = L * float(rng.uniform(0.03, 0.042))
+    tip = L * float(rng.uniform(0.08, 0.13))
+    cap = L * float(rng.uniform(0.35, 0.45))
+    rc = r * float(rng.uniform(1.08, 1.18))
+    prof = np.array([[0.0, 0.0], [0.2 * r, 0.004], [0.35 * r, 0.25 * tip], [r, tip],
+                     [r, L - cap], [rc, L - cap], [rc, L - 0.6 * rc]])
+    prof = np.concatenate([prof, _arc((0.0, L - 0.6 * rc), rc, 0.0, np.pi / 2, 8)[1:]])
+    body = _lathe(prof, 40, spacing=0.015)
+    # clip: a thin strip along the cap at +x, its ends buried in the cap
+    cl = cap * float(rng.uniform(0.6, 0.8))
+    cw, ct = 0.5 * rc, 0.25 * rc
+    secs = [(L - 0.08 * cap - cl, rc + 0.3 * ct, 0.6 * ct, 0.6 * cw, 4.0)]
+    secs += [(z, rc + ct * (0.8 if z > L - 0.08 * cap - 0.85 * cl else 0.5), ct, cw, 4.0)
+             for z in np.linspace(L - 0.08 * cap - cl, L - 0.08 * cap, 10)]
+    secs += [(L - 0.08 * cap, rc - 0.5 * ct, ct, cw, 4.0)]
+    clip = _loft(secs, 24)
+    return _union_or_concat([body, clip], "procedural pen")
+
+
+def _make_marker(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Marker along +z: a thick barrel with a flat rounded end and a wider cap."""
+    L = 1.0
+    r = L * float(rng.uniform(0.06, 0.085))
+    cap = L * float(rng.uniform(0.3, 0.42))
+    rc = r * float(rng.uniform(1.06, 1.14))
+    e = 0.25 * r
+    prof = np.concatenate([
+        np.array([[0.0, 0.0]]), _arc((r - e, e), e, -np.pi / 2, 0.0, 4)[1:],
+        np.array([[r, L - cap], [rc, L - cap + 0.01]]),
+        _arc((rc - 1.2 * e, L - 1.2 * e), 1.2 * e, 0.0, np.pi / 2, 5), np.array([[0.0, L]])])
+    return _lathe(prof, 48, spacing=0.02)
+
+
+def _tube(path: np.ndarray, radii: np.ndarray, sides: int = 24, lobes: int = 0,
+          lobe_depth: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Closed tube along a planar path in the x-z plane with a radius per path point (the
+    ends close at the first and last path points); ``lobes`` > 0 gives the section that many
+    flat-ish sides (a banana's ridges)."""
+    tang = np.gradient(path, axis=0)
+    tang /= np.linalg.norm(tang, axis=1, keepdims=True)
+    y = np.array([0.0, 1.0, 0.0])
+    nrm = np.cross(tang, y)
+    nrm /= np.linalg.norm(nrm, axis=1, keepdims=True)
+    a = 2 * np.pi * np.arange(sides) / sides
+    mod = 1.0 + lobe_depth * np.cos(lobes * a) if lobes else np.ones_like(a)
+    rr = radii[1:-1, None] * mod[None]
+    rings = (path[1:-1, None] + rr[..., None] * (np.cos(a)[None, :, None] * nrm[1:-1, None]
+                                                  + np.sin(a)[None, :, None] * y[None, None]))
+    return _pole_grid(rings, path[0], path[-1])
+
+
+def _make_banana(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Banana: a bent, ridged capsule along a circular arc in the x-z plane, tapering to a
+    short stem at one end and a blunt tip at the other."""
+    Ls = 1.0                                       # arc length
+    ang = math.radians(float(rng.uniform(35, 75)))
+    Rc = Ls / ang
+    r = Ls * float(rng.uniform(0.08, 0.11))
+    stem = float(rng.uniform(0.07, 0.11))          # fraction of the length
+    t = np.linspace(0.0, 1.0, 60)
+    th = -ang / 2 + ang * t
+    path = np.stack([Rc * (1 - np.cos(th)) - Rc * (1 - math.cos(ang / 2)), np.zeros_like(t),
+                     Rc * np.sin(th)], 1)
+    body = np.clip((t - stem) / (1 - stem), 0.0, 1.0)
+    prof = np.sin(np.pi * np.clip(body, 0.0, 1.0)) ** 0.55
+    radii = r * np.maximum(prof, 0.0)
+    radii = np.where(t < stem, 0.22 * r, np.maximum(radii, 0.22 * r * (body < 0.15)))
+    radii[-1] = 0.0
+    radii[-2] = max(radii[-2], 0.25 * r)
+    radii[0] = 0.0
+    return _tube(path, radii, 28, lobes=5, lobe_depth=0.05)
+
+
+def _make_spray_bottle(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Trigger spray bottle: a round bottle body with shoulder and neck, a trigger head on
+    the neck reaching forward (+x) with a nozzle, and a trigger below the head's front."""
+    R = 1.0
+    Hb = R * float(rng.uniform(2.4, 3.4))          # body height
+    sh = R * float(rng.uniform(0.3, 0.6))          # shoulder height
+    rn = R * float(rng.uniform(0.38, 0.5))          # neck radius
+    hn = R * float(rng.uniform(0.25, 0.4))          # neck height
+    body = _lathe(np.concatenate([
+        np.array([[0.0, 0.0]]), _arc((R - 0.15, 0.15), 0.15, -np.pi / 2, 0.0, 5)[1:],
+        np.array([[R, Hb]]),
+        np.stack([rn + (R - rn) * 0.5 * (1 + np.cos(np.pi * np.linspace(0, 1, 9)[1:])),
+                  Hb + sh * np.linspace(0, 1, 9)[1:]], 1),
+        np.array([[rn, Hb + sh + hn + 0.2], [0.0, Hb + sh + hn + 0.2]])]), 48, spacing=0.12)
+    z_head = Hb + sh + hn                          # head bottom
+    hl = R * float(rng.uniform(1.5, 2.0))           # head length (x)
+    hh = R * float(rng.uniform(0.7, 1.0))           # head height
+    hw = rn * float(rng.uniform(1.2, 1.5))          # head half width
+    Vh, Fh = _superellipsoid(hl / 2, hw, hh / 2, 0.35, 0.5, rings=24, segments=48)
+    Vh = _transform(Vh, t=(hl / 2 - 1.3 * rn, 0.0, z_head + hh / 2))
+    x_front = hl - 1.3 * rn
+    nz_r = 0.22 * hh
+    nozzle = _lathe(np.array([[0.0, -0.2], [nz_r, -0.2], [nz_r, 0.35 * R],
+                              [0.7 * nz_r, 0.42 * R], [0.0, 0.42 * R]]), 24, spacing=0.05)
+    Vn = _transform(nozzle[0], _rot_y(np.pi / 2), (x_front, 0.0, z_head + 0.6 * hh))
+    tl = R * float(rng.uniform(0.8, 1.2))           # trigger length
+    trig = _superellipsoid(0.14 * R, 0.6 * hw, tl / 2, 0.5, 0.5, rings=16, segments=24)
+    Vt = _transform(trig[0], _rot_y(math.radians(-20)),
+                    (x_front - 0.45 * R, 0.0, z_head - 0.35 * tl + 0.15 * hh))
+    return _union_or_concat([body, (Vh, Fh), (Vn, nozzle[1]), (Vt, trig[1])],
+                            "procedural spray bottle")
+
+
+@dataclass(frozen=True)
+class Family:
+    """One procedural family: ``size`` is the range of the longest bounding-box side in
+    metres (real-world sizes for the hand-held families), ``aspect`` the ranges of the
+    bounding-box extents sorted from longest to shortest, as ratios ``(middle / longest,
+    shortest / longest)``, that its random proportions give (measured over seeds and
+    checked by the tests). ``build(rng)`` returns ``(V, F)`` in arbitrary units, axis +z."""
+
+    name: str
+    size: tuple[float, float]
+    aspect: tuple[tuple[float, float], tuple[float, float]]
+    description: str
+    build: Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]]
+
+
+_FAMILY_LIST: tuple[Family, ...] = (
+    # the original kinds
+    Family("box", (0.06, 0.25), ((0.25, 1.0), (0.25, 1.0)),
+           "box with rounded edges (cracker / sugar / gelatin box)", _make_box),
+    Family("cylinder", (0.05, 0.20), ((0.33, 1.0), (0.33, 1.0)),
+           "cylinder with filleted rims", _make_cylinder),
+    Family("sphere", (0.04, 0.12), ((0.99, 1.0), (0.99, 1.0)), "ball", _make_sphere),
+    Family("bottle", (0.15, 0.30), ((0.35, 0.8), (0.35, 0.8)),
+           "bottle with shoulder, neck and cap", _make_bottle),
+    Family("mug", (0.09, 0.14), ((0.65, 1.0), (0.55, 0.82)),
+           "mug with a handle along +x", _make_mug),
+    Family("torus", (0.05, 0.15), ((0.99, 1.0), (0.13, 0.32)), "ring / tape roll", _make_torus),
+    Family("cone", (0.05, 0.20), ((0.8, 1.0), (0.4, 1.0)), "cone with rounded tip and rim",
+           _make_cone),
+    Family("capsule", (0.05, 0.20), ((0.33, 0.72), (0.33, 0.72)), "capsule", _make_capsule),
+    Family("ellipsoid", (0.05, 0.20), ((0.35, 0.9), (0.35, 0.9)), "ellipsoid (egg, potato)",
+           _make_ellipsoid),
+    Family("can", (0.07, 0.17), ((0.45, 1.0), (0.45, 1.0)),
+           "food / soda can with chimes and a rolled lip", _make_can),
+    Family("bowl", (0.10, 0.20), ((0.99, 1.0), (0.22, 0.43)), "open bowl", _make_bowl),
+    Family("cup", (0.07, 0.13), ((0.75, 1.0), (0.75, 1.0)), "tapered open cup", _make_cup),
+    # hand-held object families
+    Family("carton", (0.12, 0.26), ((0.25, 0.5), (0.2, 0.5)),
+           "gable-top carton (milk, juice)", _make_carton),
+    Family("phone", (0.12, 0.17), ((0.43, 0.54), (0.04, 0.075)),
+           "phone / remote-like slab", _make_phone),
+    Family("knife", (0.18, 0.32), ((0.08, 0.17), (0.04, 0.082)),
+           "kitchen knife: handle and blade", _make_knife),
+    Family("spatula", (0.22, 0.34), ((0.17, 0.29), (0.025, 0.06)),
+           "spatula / turner: handle, neck and flat paddle", _make_spatula),
+    Family("screwdriver", (0.14, 0.26), ((0.11, 0.19), (0.11, 0.19)),
+           "screwdriver: handle, shaft, tip", _make_screwdriver),
+    Family("pen", (0.12, 0.15), ((0.075, 0.125), (0.06, 0.1)),
+           "ballpoint pen with cap and clip", _make_pen),
+    Family("marker", (0.11, 0.15), ((0.12, 0.2), (0.12, 0.2)), "marker with cap",
+           _make_marker),
+    Family("banana", (0.15, 0.23), ((0.17, 0.31), (0.15, 0.25)),
+           "banana: bent ridged capsule with a stem", _make_banana),
+    Family("spray_bottle", (0.18, 0.30), ((0.44, 0.7), (0.37, 0.55)),
+           "trigger spray bottle", _make_spray_bottle),
+)
+
+FAMILIES: dict[str, Family] = {f.name: f for f in _FAMILY_LIST}
+"""The procedural families by name (the same names as :data:`PROCEDURAL_KINDS`)."""
+
+assert tuple(FAMILIES) == PROCEDURAL_KINDS
 
 
 # --------------------------------------------------------------------------------------
@@ -962,18 +1439,21 @@ def _cap_faces(V: np.ndarray, F: np.ndarray, max_faces: int, watertight: bool
 
 
 def load_object(source: ObjectSource | str, *, rng: np.random.Generator,
-                size_range: tuple[float, float] = (0.05, 0.20),
+                size_range: tuple[float, float] | None = None,
                 max_faces: int = _DEFAULT_MAX_FACES, dtype: torch.dtype = torch.float32
                 ) -> Mesh:
     """Build or load one object as a closed mesh in its own frame.
 
     Args:
         source: an :class:`ObjectSource` (or a one-object spec string such as
-            ``"procedural:mug"`` or ``"pybullet:012"``).
+            ``"procedural:mug"``, ``"procedural:knife@10003"`` or ``"pybullet:012"``).
         rng: the random generator; procedural proportions and the size are drawn from it,
-            so the same generator state gives the same mesh.
+            so the same generator state gives the same mesh. A procedural instance with a
+            seed (``procedural:KIND@SEED``) does not use it: its proportions and size come
+            from the seed alone, so the spec names one fixed object.
         size_range: ``(min, max)`` metres for the longest bounding-box side (drawn
-            uniformly).
+            uniformly). Default: the family's real-world range (:attr:`Family.size`) for a
+            procedural object, ``(0.05, 0.20)`` for a pybullet one.
         max_faces: face budget (large meshes are simplified, small ones subdivided up to it).
         dtype: vertex dtype.
 
@@ -982,7 +1462,8 @@ def load_object(source: ObjectSource | str, *, rng: np.random.Generator,
         wound counter-clockwise seen from outside, no colours. ``metadata``: ``"source"``
         (``str(source)``), ``"split"``, ``"watertight"`` (closed, consistently wound, positive
         volume), ``"components"`` (connected bodies), ``"size"`` (longest side, metres) and
-        ``"self_intersecting"`` (True only for a procedural mug built without manifold3d).
+        ``"self_intersecting"`` (True only for a procedural object made of several parts --
+        mug, knife, pen, spray bottle -- built without manifold3d).
 
     Raises:
         ValueError: unknown object or bad ``size_range``; ImportError: pybullet objects
@@ -1000,6 +1481,12 @@ def load_object(source: ObjectSource | str, *, rng: np.random.Generator,
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"load_object: expected rng to be a numpy.random.Generator, got "
                         f"{type(rng).__name__}")
+    if source.kind == "procedural" and source.name not in FAMILIES:
+        raise ValueError("load_object: " + _unknown("procedural kind", source.name,
+                                                    PROCEDURAL_KINDS))
+    if size_range is None:
+        size_range = FAMILIES[source.name].size if source.kind == "procedural" else \
+            _PYBULLET_SIZE_RANGE
     lo, hi = (float(x) for x in size_range)
     if not (0 < lo <= hi and math.isfinite(hi)):
         raise ValueError(f"load_object: expected 0 < size_range[0] <= size_range[1], got "
@@ -1008,15 +1495,14 @@ def load_object(source: ObjectSource | str, *, rng: np.random.Generator,
         raise ValueError(f"load_object: expected max_faces >= 100, got {max_faces}")
     meta: dict = {"source": str(source), "split": source.split}
     if source.kind == "procedural":
-        if source.name not in _PROCEDURAL_BUILDERS:
-            raise ValueError("load_object: " + _unknown("procedural kind", source.name,
-                                                        PROCEDURAL_KINDS))
-        V, F = _PROCEDURAL_BUILDERS[source.name](rng)
+        if source.seed is not None:
+            rng = np.random.default_rng([zlib.crc32(source.name.encode()), int(source.seed)])
+        V, F = FAMILIES[source.name].build(rng)
         V, F = _normalise(V, F)
         closed = _is_closed(F)
-        mug_concat = source.name == "mug" and not _has_manifold()
-        meta["self_intersecting"] = mug_concat
-        meta["components"] = 2 if mug_concat else 1
+        concat = source.name in _UNION_FAMILIES and not _has_manifold()
+        meta["self_intersecting"] = concat
+        meta["components"] = _UNION_FAMILIES.get(source.name, 1) if concat else 1
         watertight = closed
     else:
         Vb, Fb, watertight, ncomp = _pybullet_base(source.name)

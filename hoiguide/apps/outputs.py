@@ -1,7 +1,7 @@
 """Everything a reconstruction writes to its folder, in one function: :func:`write_outputs`.
 
-``hoiguide demo`` (:func:`hoiguide.demo.run_demo`), ``hoiguide reconstruct``
-(:func:`hoiguide.adapters.pipeline.reconstruct_image`), ``hoiguide batch`` and ``hoiguide
+``hoiguide demo`` (:func:`hoiguide.apps.scene.run_demo`), ``hoiguide reconstruct``
+(:func:`hoiguide.apps.photo.reconstruct_image`), ``hoiguide batch`` and ``hoiguide
 app`` all call it, so every reconstruction comes with the same files::
 
     object.glb / .ply / .obj    the object (image-aligned OpenCV camera frame: +x right, +y
@@ -36,6 +36,9 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
+
+from hoiguide.io import json_text, save_png
+from hoiguide.result import HAND_COLOR, OBJECT_COLOR
 
 __all__ = ["write_outputs", "write_meshes", "OUTPUT_FILES", "MESH_FILES", "PICTURE_FILES"]
 
@@ -180,55 +183,15 @@ def write_outputs(out: Union[str, Path], reconstruction: Any = None, *,
 
 
 def write_meshes(out: Path, rec: Any, suffixes: tuple[str, ...] = ("glb", "ply", "obj")
-                 ) -> None:
-    """Write ``object.<suffix>`` / ``hand.<suffix>`` for each suffix (vertex colours; a mesh
-    that is empty is skipped with a warning), ``scene.glb`` (both) and ``history.json`` of a
-    :class:`hoiguide.Reconstruction` into the existing folder ``out``; stale files of those
-    names are removed first. Meshes stay in the reconstruction's frame (image-aligned camera
-    frame, metres)."""
-    import torch
-    import trimesh
-
-    from hoiguide.api import HAND_COLOR, OBJECT_COLOR
-    from hoiguide.types import Mesh
-
-    parts = []
-    for name, mesh, color in (("hand", rec.hand_mesh, HAND_COLOR),
-                              ("object", rec.object_mesh, OBJECT_COLOR)):
-        for suffix in suffixes:
-            stale = out / f"{name}.{suffix}"
-            if stale.is_file():
-                stale.unlink()
-        if mesh.is_empty:
-            log.warning("write_meshes: the %s mesh is empty; no %s.%s written", name, name,
-                        "/.".join(suffixes))
-            continue
-        colored = Mesh(mesh.vertices.detach().cpu(), mesh.faces.cpu(),
-                       torch.tensor(color).expand(mesh.num_vertices, 4).clone())
-        for suffix in suffixes:
-            colored.export(out / f"{name}.{suffix}")
-        parts.append((name, colored.to_trimesh()))
-    scene_path = out / "scene.glb"
-    if scene_path.is_file():
-        scene_path.unlink()
-    if parts:
-        scene = trimesh.Scene()
-        for name, tm in parts:
-            scene.add_geometry(tm, node_name=name, geom_name=name)
-        scene.export(str(scene_path), file_type="glb")
-    hist = rec.history.to_list() if hasattr(rec.history, "to_list") else []
-    (out / "history.json").write_text(json.dumps(hist, default=str))
+                 ) -> list[str]:
+    """The reconstruction's meshes and history into ``out``
+    (:meth:`hoiguide.Reconstruction.write_meshes`)."""
+    return rec.write_meshes(out, suffixes=suffixes)
 
 
 # --------------------------------------------------------------------------------------
 # pictures
 # --------------------------------------------------------------------------------------
-
-
-def _save_png(path: Path, image: np.ndarray) -> None:
-    from PIL import Image
-
-    Image.fromarray(np.asarray(image, np.uint8)).save(path)
 
 
 def _scaled(img: np.ndarray, camera: Any, max_side: Optional[int]) -> tuple[np.ndarray, Any]:
@@ -260,7 +223,6 @@ def _draw_pictures(out: Path, rec: Any, img: Optional[np.ndarray], camera: Any,
                    skipped: dict[str, str]) -> None:
     import torch
 
-    from hoiguide.api import HAND_COLOR, OBJECT_COLOR
     from hoiguide.pictures import label, loss_plot, overlay, side_by_side, turntable, \
         turntable_frame
     from hoiguide.types import Similarity
@@ -283,7 +245,7 @@ def _draw_pictures(out: Path, rec: Any, img: Optional[np.ndarray], camera: Any,
         small, cam_small = _scaled(img, camera, max_side)
 
     def draw_input() -> None:
-        _save_png(out / "input.png", small)
+        save_png(out / "input.png", small)
 
     def draw_overlay() -> None:
         left = label(small, "input")
@@ -291,7 +253,7 @@ def _draw_pictures(out: Path, rec: Any, img: Optional[np.ndarray], camera: Any,
             right = label(small, "no reconstruction")
         else:
             right = label(overlay(small, pred, cam_small, colors=colors), "reconstruction")
-        _save_png(out / "overlay.png", side_by_side([left, right]))
+        save_png(out / "overlay.png", side_by_side([left, right]))
 
     def draw_turntables() -> None:
         rows: list[tuple[np.ndarray, str, str]] = []      # (strip, long label, short label)
@@ -321,11 +283,11 @@ def _draw_pictures(out: Path, rec: Any, img: Optional[np.ndarray], camera: Any,
             bottom = turntable(truth, camera, n_views, tile, colors=colors, center=center,
                                radius=radius)
             rows.append((bottom, "ground truth", "ground truth"))
-            _save_png(out / "turntable.png", _stack_rows([label(r, t) for r, t, _ in rows]))
+            save_png(out / "turntable.png", _stack_rows([label(r, t) for r, t, _ in rows]))
         else:
             strip = turntable(pred, camera, n_views, tile, colors=colors)
             rows.append((strip, "", ""))
-            _save_png(out / "turntable.png", strip)
+            save_png(out / "turntable.png", strip)
         if pred is None:
             return
         try:
@@ -407,7 +369,7 @@ def _fmt(v: Any, fmt: Optional[str]) -> str:
             return str(v)
         return format(v, fmt or ".4g")
     if isinstance(v, (dict, list)):
-        return json.dumps(v, default=str)
+        return json_text(v, indent=None)
     return str(v)
 
 

@@ -1,6 +1,6 @@
 """``hoiguide reconstruct IMAGE --out DIR [--models FILE.yaml]``: one photo -> meshes.
 
-Runs :func:`hoiguide.adapters.pipeline.reconstruct_image`: the foundation-model chain named
+Runs :func:`hoiguide.apps.photo.reconstruct_image`: the foundation-model chain named
 by the models file (:mod:`hoiguide.adapters.models`; default: the reference's models), the
 guided reconstruction, and writes ``DIR/object.glb|ply|obj``, ``hand.glb|ply|obj``,
 ``scene.glb``, ``history.json``, ``input.png``, ``observations.png``, ``overlay.png``,
@@ -13,7 +13,7 @@ arguments, an unreadable or too large image, an invalid models file, a model tha
 loaded, an output folder holding other files): nothing is written.
 
 ``add_reconstruct_parser(subparsers)`` adds the subcommand to the ``hoiguide`` parser;
-``main(argv)`` runs it on its own (``python -m hoiguide.adapters.reconstruct_cli``).
+``main(argv)`` runs it on its own (``python -m hoiguide.cli.reconstruct``).
 """
 
 from __future__ import annotations
@@ -107,7 +107,8 @@ def _first_line(exc: BaseException) -> str:
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     """Run ``hoiguide reconstruct`` (see the module docstring for the exit codes)."""
     from hoiguide.adapters.models import ModelLoadError, Models, ModelsConfigError
-    from hoiguide.adapters.pipeline import ImageError, PipelineOptions, reconstruct_image
+    from hoiguide.adapters.pipeline import ImageError, PipelineOptions
+    from hoiguide.apps.photo import reconstruct_image
     from hoiguide.cli import UsageError, _parse_option, load_backbone
     from hoiguide.guidance.engine import GuidanceOptions
     from hoiguide.phases import ScheduleError, load_schedule

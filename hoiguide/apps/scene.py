@@ -4,7 +4,7 @@
 observers on it, runs :func:`hoiguide.guided_reconstruct` with the bundled tiny generator (or
 any backbone you pass), scores the result against the ground truth with the paper's
 hand-aligned protocol (as :func:`hoiguide.eval.run_benchmark` scores one scene) and writes,
-into ``out`` (with :func:`hoiguide.outputs.write_outputs`, as every reconstruction does)::
+into ``out`` (with :func:`hoiguide.apps.outputs.write_outputs`, as every reconstruction does)::
 
     object.glb / .ply / .obj    the object, image-aligned camera frame, metres (not written
                                 when the generator produced no surface)
@@ -39,6 +39,11 @@ from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 
+from hoiguide.apps.outputs import OUTPUT_FILES as DRAWN_FILES
+from hoiguide.apps.score import METRICS, backbone_name, finite, reconstruct_and_score, scene_seed
+from hoiguide.io import failure_record, write_json
+from hoiguide.phases import DEFAULT_SCHEDULE
+
 __all__ = ["run_demo", "default_backbone", "headline", "DEMO_OBJECT", "RESULT_KEYS",
            "OUTPUT_FILES", "TURNTABLE_TILE"]
 
@@ -46,10 +51,8 @@ log = logging.getLogger(__name__)
 
 DEMO_OBJECT = "procedural:mug"
 
-DEMO_PRESET = "fast_posthoc_fit"
-"""Default schedule of the demo, the app and batches (CPU, bundled tiny generator): the best
-preset of the README's benchmark on the tiny generator (sample, then fit the latent and the
-transforms at the ``fast`` budget). ``"fast"`` is the same budget with guidance in the loop."""
+DEMO_PRESET = DEFAULT_SCHEDULE
+"""The demo's schedule: the library's one default (``hoiguide.phases.DEFAULT_SCHEDULE``)."""
 """The object of the generated demo scene: a development object (procedural shapes and
 ``pybullet:0-699`` are what the tiny generator was trained on; the evaluation objects are
 never used here), so the demo needs no pybullet."""
@@ -57,9 +60,7 @@ never used here), so the demo needs no pybullet."""
 RESULT_KEYS = ("status", "cd_cm2", "f5", "f10", "iv_cm3", "seconds")
 """Keys ``result.json`` always has (metrics are ``null`` when the run failed)."""
 
-OUTPUT_FILES = ("object.glb", "object.ply", "object.obj", "hand.glb", "hand.ply", "hand.obj",
-                "scene.glb", "history.json", "input.png", "overlay.png", "turntable.png",
-                "turntable.gif", "losses.png", "report.html", "result.json")
+OUTPUT_FILES = DRAWN_FILES + ("result.json",)
 """Files :func:`run_demo` may write at the top of ``out`` (stale copies from an earlier run
 are removed first, so ``files`` in ``result.json`` lists exactly what this run wrote)."""
 
@@ -212,9 +213,6 @@ def run_demo(out: Union[str, Path] = "out/demo", *, preset: Any = DEMO_PRESET, s
         ImportError: the default backbone is not available (pass ``backbone``).
         In all these cases nothing is written.
     """
-    from hoiguide.eval.bench import METRICS, _default_backbone_name, _finite, _reason, \
-        _write_json
-
     t_start = time.perf_counter()
     tile = TURNTABLE_TILE if turntable_size is None else turntable_size
     sched, opts = _check_inputs(preset, seed, noise, image_size, options, num_samples,
@@ -248,7 +246,7 @@ def run_demo(out: Union[str, Path] = "out/demo", *, preset: Any = DEMO_PRESET, s
         from hoiguide.backbones import check_backbone
 
         check_backbone(backbone)
-        bname = backbone_name or _default_backbone_name(backbone)
+        bname = backbone_name or backbone_name(backbone)
     lap("backbone", t)
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
@@ -287,7 +285,9 @@ def run_demo(out: Union[str, Path] = "out/demo", *, preset: Any = DEMO_PRESET, s
         log.info("demo [2/5] simulating the observers (noise %s)", noise)
         from hoiguide.synth.observers import simulate_observations
 
-        obs = simulate_observations(scene_obj, backbone=backbone, noise=noise, seed=int(seed))
+        s_seed = scene_seed(int(seed), scene_obj.scene_id)  # as bench and batch do
+        result["scene_seed"] = s_seed
+        obs = simulate_observations(scene_obj, backbone=backbone, noise=noise, seed=s_seed)
         lap("observe", t)
 
         # ---- reconstruction -----------------------------------------------------------------
@@ -295,43 +295,26 @@ def run_demo(out: Union[str, Path] = "out/demo", *, preset: Any = DEMO_PRESET, s
         t = time.perf_counter()
         log.info("demo [3/5] guided reconstruction (preset %s, backbone %s)", sched.name,
                  bname)
-        from hoiguide.api import guided_reconstruct
-
-        rec = guided_reconstruct(observations=obs, backbone=backbone, schedule=sched,
-                                 seed=int(seed), device=device, progress=progress,
-                                 options=opts)
+        rec, scored = reconstruct_and_score(scene_obj, obs, sched, backbone=backbone,
+                                            seed=s_seed, options=opts,
+                                            num_samples=int(num_samples), progress=progress)
         lap("reconstruct", t)
-        result["seconds_reconstruct"] = parts["reconstruct"]
+        result["seconds_reconstruct"] = scored["seconds_reconstruct"]
         summary = rec.summary()
         summary.pop("status", None)
         result.update(summary)
         result["reconstruction_status"] = rec.status
-
-        # ---- metrics (as the benchmark scores one scene) ------------------------------------
         stage = "metrics"
-        if not rec.ok:
-            raise _Failed(f"reconstruction status: {rec.status}")
-        if rec.object_mesh.is_empty:
-            raise _Failed("reconstruction status: empty object mesh")
-        t = time.perf_counter()
-        log.info("demo [4/5] scoring against the ground truth (hand-aligned protocol)")
-        from hoiguide.eval.protocol import hand_aligned_metrics
-
-        m = hand_aligned_metrics(rec.hand_mesh, rec.object_mesh, scene_obj.hand_mesh,
-                                 scene_obj.object_mesh, num_samples=int(num_samples),
-                                 seed=int(seed), camera=scene_obj.camera,
-                                 depth=scene_obj.depth)
-        m["components"] = rec.counters.get("components")
-        lap("metrics", t)
-        metrics = {k: _finite(m.get(k)) for k, _, _ in METRICS}
-        result.update(metrics)
-        result["alignment"] = m["alignment"].to_dict()
-        bad = [k for k in ("cd_cm2", "f5", "f10", "iv_cm3") if metrics.get(k) is None]
-        if bad:
-            raise _Failed(f"non-finite metrics: {', '.join(bad)}")
+        if scored["status"] != "ok":
+            raise _Failed(scored["reason"])
+        log.info("demo [4/5] scored against the ground truth (hand-aligned protocol)")
+        parts["metrics"] = scored["seconds_metrics"]
+        parts["reconstruct"] -= scored["seconds_metrics"]
+        result.update(scored["metrics"])
+        result["alignment"] = scored["alignment"]
         result.update(status="ok", phase=None, reason=None)
     except Exception as exc:  # noqa: BLE001 -- recorded in result.json
-        reason = str(exc) if isinstance(exc, _Failed) else _reason(exc)
+        reason = str(exc) if isinstance(exc, _Failed) else failure_record(exc)["reason"]
         result.update(status="failed", phase=stage, reason=reason)
         if not isinstance(exc, _Failed):
             result["traceback"] = "".join(traceback.format_exception(
@@ -357,7 +340,7 @@ def run_demo(out: Union[str, Path] = "out/demo", *, preset: Any = DEMO_PRESET, s
     if result["scene"] and result["scene"]["generated"] and (out / "scene").is_dir():
         written.append("scene/")
     result["files"] = written
-    _write_json(out / "result.json", result)
+    write_json(out / "result.json", result)
     if result["status"] == "ok":
         log.info("demo: ok in %.1f s: CD %.3f cm^2, F5 %.3f, F10 %.3f, IV %.2f cm^3; wrote %s",
                  result["seconds"], result["cd_cm2"], result["f5"], result["f10"],
@@ -374,10 +357,10 @@ class _Failed(Exception):
 
 def _write_files(out: Path, scene: Any, rec: Any, result: dict[str, Any], n_views: int,
                  tile: int) -> list[str]:
-    """Meshes, pictures and report.html through :func:`hoiguide.outputs.write_outputs`;
+    """Meshes, pictures and report.html through :func:`hoiguide.apps.outputs.write_outputs`;
     returns what went wrong (``"meshes: ..."`` when the meshes could not be written, else
     the pictures that could not be drawn). Sets ``result["losses_plot"]``."""
-    from hoiguide.outputs import write_outputs
+    from hoiguide.apps.outputs import write_outputs
 
     title = f"{result.get('preset')} on {scene.scene_id} ({result.get('backbone')})"
     try:

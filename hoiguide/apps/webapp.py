@@ -5,10 +5,10 @@ a photo, choose a preset, press *Reconstruct*, watch the progress, turn the 3D r
 around, look at the overlay, turntable and loss curves, read the metrics and download the
 files (meshes, pictures, ``report.html``, ``result.json``).
 
-* Synthetic samples run :func:`hoiguide.demo.run_demo` (simulated foundation-model
+* Synthetic samples run :func:`hoiguide.apps.scene.run_demo` (simulated foundation-model
   observers, guided reconstruction, metrics against the ground truth) with the bundled tiny
   generator on the CPU: no download, no GPU.
-* Photos run :func:`hoiguide.adapters.pipeline.reconstruct_image` and need the foundation
+* Photos run :func:`hoiguide.apps.photo.reconstruct_image` and need the foundation
   models (``hoiguide app --models FILE.yaml``; see :mod:`hoiguide.adapters.models`); without
   them the page says so instead of failing.
 
@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
 __all__ = ["build_app", "launch", "SAMPLES", "PRESET_CHOICES", "APP_OPTIONS"]
+
+from hoiguide.backbones.spec import load_backbone
 
 log = logging.getLogger(__name__)
 
@@ -119,19 +121,7 @@ class _Runner:
         with self._lock:
             if self._backbone is None:
                 spec = self.backbone_spec
-                if spec is None or spec == "tiny":
-                    from hoiguide.demo import default_backbone
-
-                    self._backbone = default_backbone()
-                elif isinstance(spec, str):
-                    from hoiguide.cli import load_backbone
-
-                    self._backbone = load_backbone(spec)
-                elif isinstance(spec, type) or (callable(spec) and
-                                                not hasattr(spec, "velocity")):
-                    self._backbone = spec()
-                else:
-                    self._backbone = spec
+                self._backbone = load_backbone(spec)
             return self._backbone
 
     def scene(self, label: str) -> Any:
@@ -171,7 +161,7 @@ class _Runner:
     # ---- runs ------------------------------------------------------------------------------
     def run(self, source: str, sample: str, upload: Optional[str], object_name: str,
             preset: str, seed: float, steps: float, progress: Any) -> tuple[Any, ...]:
-        from hoiguide.demo import headline, run_demo
+        from hoiguide.apps.scene import headline, run_demo
 
         opts = dict(self.options)
         if steps:
@@ -185,7 +175,7 @@ class _Runner:
         scene = self.scene(sample)
         out = self.new_folder()
         handler = _StageProgress(progress)
-        demo_log = logging.getLogger("hoiguide.demo")
+        demo_log = logging.getLogger("hoiguide.apps.scene")
         demo_log.addHandler(handler)
         old_level = demo_log.level
         if not demo_log.isEnabledFor(logging.INFO):
@@ -213,7 +203,7 @@ class _Runner:
                 "without. Start it with `hoiguide app --models FILE.yaml` (see "
                 "`hoiguide.adapters.models` for the format, or `--models offline`). The "
                 "synthetic samples work without them.")
-        from hoiguide.adapters.pipeline import reconstruct_image
+        from hoiguide.apps.photo import reconstruct_image
 
         progress(0.0, desc="loading the models")
         try:

@@ -7,9 +7,9 @@
   writes them -- is one item), a single scene folder or image, or a list file (one path per
   line; blank lines and lines starting with ``#`` are ignored; relative paths are relative
   to the list file's folder).
-* A synthetic **scene** runs the demo path (:func:`hoiguide.demo.run_demo`: simulated
+* A synthetic **scene** runs the demo path (:func:`hoiguide.apps.scene.run_demo`: simulated
   observers, guided reconstruction, metrics against the ground truth); an **image** runs the
-  photo path (:func:`hoiguide.adapters.pipeline.reconstruct_image` with the models of
+  photo path (:func:`hoiguide.apps.photo.reconstruct_image` with the models of
   ``models``: a models YAML, ``"offline"`` or ``"default"``).
 * Item names are the folder names / file stems (characters outside ``[A-Za-z0-9._-]``
   become ``_``; a stem two images share gets its extension appended). Items are processed in
@@ -73,6 +73,10 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 __all__ = ["run_batch", "discover_items", "parse_shard", "BatchItem", "BatchWorker",
            "BatchError", "IMAGE_SUFFIXES", "SUMMARY_NAME", "TMP_DIR"]
+
+from hoiguide.io import commit_folder, failure_record, fingerprint, read_json, write_json
+
+from hoiguide.backbones.spec import load_backbone
 
 log = logging.getLogger(__name__)
 
@@ -289,8 +293,7 @@ class _Config:
         else:
             keys.pop("noise", None)
             keys.pop("num_samples", None)
-        text = json.dumps(keys, sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return fingerprint(keys)
 
 
 # --------------------------------------------------------------------------------------
@@ -298,48 +301,13 @@ class _Config:
 # --------------------------------------------------------------------------------------
 
 
-def _write_json(path: Path, data: Any) -> None:
-    from hoiguide.eval.bench import _write_json as write
-
-    write(path, data)
-
-
-def _read_json(path: Path) -> Optional[dict[str, Any]]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _tmp_path(out: Path, item: BatchItem) -> Path:
     token = f"{_SAFE.sub('_', socket.gethostname())}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     return out / TMP_DIR / item.name / token
 
 
-def _commit(tmp: Path, final: Path) -> None:
-    """Put the finished folder ``tmp`` at ``final`` (replacing an earlier one): the new
-    folder appears complete, with one rename."""
-    old = None
-    if final.exists():
-        old = tmp.parent / f"old-{uuid.uuid4().hex[:8]}"
-        final.rename(old)
-    try:
-        tmp.rename(final)
-    except BaseException:
-        if old is not None and not final.exists():
-            old.rename(final)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    try:
-        tmp.parent.rmdir()                # the item's tmp folder, when nothing else is in it
-    except OSError:
-        pass
-
-
 def _is_done(out: Path, item: BatchItem, fingerprint: str) -> bool:
-    data = _read_json(out / item.name / "result.json")
+    data = _read_record(out / item.name / "result.json")
     return bool(data) and data.get("status") == "ok" and \
         (data.get("batch") or {}).get("fingerprint") == fingerprint
 
@@ -354,8 +322,8 @@ def _record_failure(out: Path, item: BatchItem, fingerprint: str, reason: str, *
               "batch": {"item": item.name, "source": item.source, "kind": item.kind,
                         "fingerprint": fingerprint, "attempts": attempts, "worker": worker}}
     result["files"] = ["result.json"]
-    _write_json(tmp / "result.json", result)
-    _commit(tmp, out / item.name)
+    write_json(tmp / "result.json", result)
+    commit_folder(tmp, out / item.name)
     return result
 
 
@@ -397,22 +365,10 @@ class BatchWorker:
             spec = self.cfg.backbone
             try:
                 self.loads["backbone"] += 1
-                if spec is None:
-                    from hoiguide.demo import default_backbone
-
-                    self._backbone = default_backbone(self._device)
-                elif isinstance(spec, str):
-                    from hoiguide.cli import load_backbone
-
-                    self._backbone = load_backbone(spec, self._device)
-                elif isinstance(spec, type) or (callable(spec) and
-                                                not hasattr(spec, "velocity")):
-                    self._backbone = spec()
-                else:
-                    self._backbone = spec
+                self._backbone = load_backbone(spec, self._device)
                 log.info("batch worker %s: backbone loaded", self.worker)
             except Exception as exc:  # noqa: BLE001 -- every scene item records it
-                self._backbone_error = f"the backbone cannot be loaded: {_reason(exc)}"
+                self._backbone_error = f"the backbone cannot be loaded: {failure_record(exc)['reason']}"
                 log.error("batch worker %s: %s", self.worker, self._backbone_error)
         if self._backbone_error is not None:
             raise _ItemFailed(self._backbone_error)
@@ -440,7 +396,7 @@ class BatchWorker:
             except _ItemFailed as exc:
                 self._models_error = str(exc)
             except Exception as exc:  # noqa: BLE001 -- every image item records it
-                self._models_error = f"the models cannot be loaded: {_reason(exc)}"
+                self._models_error = f"the models cannot be loaded: {failure_record(exc)['reason']}"
                 log.error("batch worker %s: %s", self.worker, self._models_error)
         if self._models_error is not None:
             raise _ItemFailed(self._models_error)
@@ -468,14 +424,14 @@ class BatchWorker:
             try:
                 result = self._scene(it, tmp) if it.kind == "scene" else self._image(it, tmp)
                 result["batch"] = batch_info
-                _write_json(tmp / "result.json", result)
-                _commit(tmp, self.out / it.name)
+                write_json(tmp / "result.json", result)
+                commit_folder(tmp, self.out / it.name)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
             status, reason = result["status"], result.get("reason")
         except Exception as exc:  # noqa: BLE001 -- recorded, never stops the batch
-            reason = str(exc) if isinstance(exc, _ItemFailed) else _reason(exc)
+            reason = str(exc) if isinstance(exc, _ItemFailed) else failure_record(exc)["reason"]
             extra = {} if isinstance(exc, _ItemFailed) else {
                 "traceback": "".join(traceback.format_exception(
                     type(exc), exc, exc.__traceback__))[-4000:]}
@@ -492,7 +448,7 @@ class BatchWorker:
                 "attempts": int(attempt), "worker": self.worker}
 
     def _scene(self, it: BatchItem, tmp: Path) -> dict[str, Any]:
-        from hoiguide.demo import run_demo
+        from hoiguide.apps.scene import run_demo
 
         backbone = self.backbone()
         spec = self.cfg.backbone
@@ -508,7 +464,7 @@ class BatchWorker:
         return result
 
     def _image(self, it: BatchItem, tmp: Path) -> dict[str, Any]:
-        from hoiguide.adapters.pipeline import reconstruct_image
+        from hoiguide.apps.photo import reconstruct_image
 
         models = self.models()
         result = reconstruct_image(it.source, tmp, models=models, schedule=self.cfg.schedule,
@@ -534,16 +490,6 @@ class BatchWorker:
 
 class _ItemFailed(Exception):
     """An item that cannot be done, with a reason for result.json (no traceback)."""
-
-
-def _reason(exc: BaseException) -> str:
-    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return (f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__)[:500]
-
-
-# --------------------------------------------------------------------------------------
-# the batch
-# --------------------------------------------------------------------------------------
 
 
 def run_batch(input: Union[str, Path], out: Union[str, Path], *,
@@ -801,7 +747,7 @@ def _run_ray(cfg: _Config, todo: Sequence[BatchItem], entries: dict[str, Any], b
                 idle.append(actor_cls.remote(cfg_d))    # a fresh worker in its place
                 live += 1
         except RayTaskError as exc:                     # BatchWorker.run raised (a bug)
-            reason = _reason(exc.cause if getattr(exc, "cause", None) else exc)
+            reason = failure_record(exc.cause if getattr(exc, "cause", None) else exc)["reason"]
             _record_failure(Path(cfg.out), it, fps[it.name], reason,
                             attempts=attempts[it.name], worker=driver)
             finish(it, {"item": it.name, "source": it.source, "kind": it.kind,
@@ -823,7 +769,7 @@ def _summarize(out: Path, input: Any, items: Sequence[BatchItem], mine: Sequence
     counts["not_run"] = len(mine) - len(listed)
     on_disk = {"ok": 0, "failed": 0, "missing": 0, "total": len(items)}
     for it in items:
-        data = _read_json(out / it.name / "result.json")
+        data = _read_record(out / it.name / "result.json")
         key = "missing" if data is None else "ok" if data.get("status") == "ok" else "failed"
         on_disk[key] += 1
     summary = {
@@ -836,10 +782,10 @@ def _summarize(out: Path, input: Any, items: Sequence[BatchItem], mine: Sequence
         "interrupted": interrupted, "command": command,
     }
     if shard is None:
-        _write_json(out / SUMMARY_NAME, summary)
+        write_json(out / SUMMARY_NAME, summary)
         return summary
-    _write_json(out / f"batch_summary.shard-{shard[0]}-of-{shard[1]}.json", summary)
-    _write_json(out / SUMMARY_NAME, _merge_shards(out, shard[1], summary))
+    write_json(out / f"batch_summary.shard-{shard[0]}-of-{shard[1]}.json", summary)
+    write_json(out / SUMMARY_NAME, _merge_shards(out, shard[1], summary))
     return summary
 
 
@@ -847,7 +793,7 @@ def _merge_shards(out: Path, n: int, mine: Mapping[str, Any]) -> dict[str, Any]:
     """The shard summaries of ``n`` shards present on disk, merged into one."""
     parts = []
     for i in range(n):
-        data = _read_json(out / f"batch_summary.shard-{i}-of-{n}.json")
+        data = _read_record(out / f"batch_summary.shard-{i}-of-{n}.json")
         if data is not None:
             parts.append(data)
     merged = dict(mine)
@@ -861,3 +807,9 @@ def _merge_shards(out: Path, n: int, mine: Mapping[str, Any]) -> dict[str, Any]:
     merged["interrupted"] = any(p.get("interrupted") for p in parts)
     return merged
 
+
+
+def _read_record(path: Path) -> Optional[dict[str, Any]]:
+    """A stored JSON record, or ``None`` when missing / unreadable / not an object."""
+    data = read_json(path, default=None)
+    return data if isinstance(data, dict) else None

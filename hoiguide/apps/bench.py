@@ -14,7 +14,7 @@ Layout of the output folder ``out``::
                                    scenes that succeeded, RR, n, n_ok, the failures
     summary.md                     the same as Markdown tables (mean and median)
 
-Metrics (:func:`hoiguide.eval.hand_aligned_metrics`, REFERENCE.md section 4): the predicted
+Metrics (:func:`hoiguide.eval.hand_aligned_metrics`, docs/method.md section 4): the predicted
 hand is aligned to the ground-truth hand by a similarity, the same similarity is applied to
 the predicted object, then Chamfer distance (cm^2), F-score at 5 mm and 10 mm and the
 intersection volume of the aligned predicted hand and object (cm^3). Every mesh is in the
@@ -53,6 +53,10 @@ __all__ = ["run_benchmark", "summarize", "format_table", "scene_seed", "resolve_
            "resolve_presets", "BenchmarkError",
            "METRICS"]
 
+from hoiguide.apps.score import (METRICS, backbone_name, finite, reconstruct_and_score,
+                                  scene_seed)
+from hoiguide.io import failure_record, fingerprint, read_json, write_json, write_mesh
+
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
@@ -62,10 +66,6 @@ SUMMARY_FORMAT = "hoiguide-bench-summary"
 RUN_FORMAT = "hoiguide-bench-run"
 FORMAT_VERSION = 1
 
-#: the per-scene metrics, in table order (name in JSON, table header, better)
-METRICS = (("cd_cm2", "CD (cm^2) ↓", 3), ("f5", "F5 ↑", 3), ("f10", "F10 ↑", 3),
-           ("iv_cm3", "IV (cm^3) ↓", 2), ("hidden_cd_cm2", "hidden CD (cm^2) ↓", 3),
-           ("components", "parts ↓", 1))
 _STATS = ("mean", "median")
 
 
@@ -78,99 +78,10 @@ class BenchmarkError(ValueError):
 # --------------------------------------------------------------------------------------
 
 
-def scene_seed(seed: int, scene_id: str) -> int:
-    """The per-scene seed: a stable hash of ``(seed, scene_id)`` in ``[0, 2^31)``.
-
-    Stable across runs, processes and machines (SHA-256, not Python's salted ``hash``).
-    Used for the scene's simulated observations, the flow's initial noise and the metrics'
-    surface sampling, so every preset sees identical inputs."""
-    digest = hashlib.sha256(f"{int(seed)}/{scene_id}".encode()).hexdigest()
-    return int(digest[:8], 16) % (2 ** 31)
-
-
-def _json_default(o: Any) -> Any:
-    import numpy as np
-    import torch
-
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return _finite(float(o))
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, torch.Tensor):
-        return o.detach().cpu().tolist()
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
-
-
-def _finite(x: Any) -> Optional[float]:
-    try:
-        f = float(x)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
-def _write_json(path: Path, data: Any) -> None:
-    """Write atomically (temporary file + rename): an interrupted run never leaves half a
-    JSON that a re-run would trust."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_clean(data), indent=1, default=_json_default,
-                              allow_nan=False))
-    tmp.replace(path)
-
-
-def _clean(x: Any) -> Any:
-    """Non-finite floats -> None (strict JSON), recursively."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    return x
-
-
-def _read_json(path: Path) -> Optional[dict]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        log.warning("bench: ignoring unreadable %s (%s)", path, exc)
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _fingerprint(config: Mapping[str, Any]) -> str:
-    text = json.dumps(config, sort_keys=True, default=_json_default)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _reason(exc: BaseException) -> str:
-    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    text = f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
-    return text[:500]
-
-
 def _callable_name(fn: Any) -> str:
     mod = getattr(fn, "__module__", None) or ""
     name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
     return f"{mod}.{name}" if mod else name
-
-
-def _default_backbone_name(backbone: Any) -> str:
-    name = getattr(backbone, "name", None)
-    if isinstance(name, str) and name:
-        return name
-    cls = type(backbone)
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-# --------------------------------------------------------------------------------------
-# inputs: scenes and presets
-# --------------------------------------------------------------------------------------
 
 
 def _scene_entries(directory: Path) -> list[tuple[str, Path]]:
@@ -260,8 +171,8 @@ def resolve_presets(presets: Sequence[Any]) -> list[tuple[str, Any]]:
 
 
 def _failed(phase: str, exc: BaseException, what: str) -> dict[str, Any]:
-    log.warning("bench: %s failed while %s: %s", what, phase, _reason(exc), exc_info=exc)
-    return {"status": "failed", "phase": phase, "reason": _reason(exc),
+    log.warning("bench: %s failed while %s: %s", what, phase, failure_record(exc)["reason"], exc_info=exc)
+    return {"status": "failed", "phase": phase, "reason": failure_record(exc)["reason"],
             "traceback": "".join(traceback.format_exception(type(exc), exc,
                                                            exc.__traceback__))[-4000:]}
 
@@ -269,55 +180,17 @@ def _failed(phase: str, exc: BaseException, what: str) -> dict[str, Any]:
 def _run_pair(res: dict[str, Any], scene: Any, obs: Any, schedule: Any, *, backbone: Any,
               seed: int, device: Any, options: Any, num_samples: int, save_dir: Optional[Path]
               ) -> None:
-    """Reconstruct and score one scene with one preset, filling ``res`` as it goes
-    (``res["phase"]`` is the pipeline phase in progress). Exceptions propagate: the caller
-    records them with that phase."""
-    from hoiguide.api import guided_reconstruct
-    from hoiguide.eval.protocol import hand_aligned_metrics
-
-    res["phase"] = "reconstruct"
-    t0 = time.perf_counter()
-    rec = guided_reconstruct(observations=obs, backbone=backbone, schedule=schedule,
-                             seed=seed, device=device, progress=False, options=options)
-    res["seconds_reconstruct"] = time.perf_counter() - t0
-    res["reconstruction_status"] = rec.status
-    res["counters"] = dict(rec.counters)
-    res["timings"] = rec.timings
-    res["num_steps"] = rec.schedule.get("num_steps")
-    res["object_mesh"] = {"vertices": rec.object_mesh.num_vertices,
-                          "faces": rec.object_mesh.num_faces}
+    """Reconstruct and score one scene with one preset
+    (:func:`hoiguide.apps.score.reconstruct_and_score`), filling ``res``; with ``save_dir``
+    the meshes are kept there as PLY. Exceptions propagate: the caller records them with
+    ``res["phase"]``."""
+    rec, _ = reconstruct_and_score(scene, obs, schedule, backbone=backbone, seed=seed,
+                                   options=options, num_samples=num_samples, record=res)
     if save_dir is not None:
-        res["phase"] = "save"
         save_dir.mkdir(parents=True, exist_ok=True)
         for name, mesh in (("object", rec.object_mesh), ("hand", rec.hand_mesh)):
             if not mesh.is_empty:
-                mesh.detach().to(device="cpu").export(save_dir / f"{name}.ply")
-        res["phase"] = "reconstruct"
-    if not rec.ok:
-        res.update(status="failed", reason=f"reconstruction status: {rec.status}")
-        return
-    if rec.object_mesh.is_empty:
-        res.update(status="failed", reason="reconstruction status: empty object mesh")
-        return
-    res["phase"] = "metrics"
-    t1 = time.perf_counter()
-    m = hand_aligned_metrics(rec.hand_mesh, rec.object_mesh, scene.hand_mesh,
-                             scene.object_mesh, num_samples=num_samples, seed=seed,
-                             camera=scene.camera, depth=scene.depth)
-    m["components"] = rec.counters.get("components")
-    res["seconds_metrics"] = time.perf_counter() - t1
-    metrics = {k: _finite(m.get(k)) for k, _, _ in METRICS}
-    for k in ("hidden_f10", "hidden_fraction"):
-        metrics[k] = _finite(m.get(k))
-    metrics["components_raw"] = _finite(rec.counters.get("components_raw"))
-    bad = [k for k in ("cd_cm2", "f5", "f10", "iv_cm3") if metrics[k] is None]
-    res["metrics"] = metrics
-    res["alignment"] = m["alignment"].to_dict()
-    if bad:
-        res.update(status="failed", reason=f"non-finite metrics: {', '.join(bad)}")
-        return
-    res.update(status="ok", phase=None, reason=None)
-
+                write_mesh(save_dir / f"{name}.ply", mesh)
 
 # --------------------------------------------------------------------------------------
 # the runner
@@ -393,7 +266,7 @@ def run_benchmark(scenes: Union[PathLike, Sequence[PathLike]], presets: Sequence
         raise BenchmarkError(f"bench: expected num_samples >= 1, got {num_samples}")
     opts = GuidanceOptions.coerce(options)
     opts_dict = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)}
-    bname = backbone_name or _default_backbone_name(backbone)
+    bname = backbone_name or backbone_name(backbone)
     if observe is None:
         try:
             from hoiguide.synth.observers import simulate_observations
@@ -415,7 +288,7 @@ def run_benchmark(scenes: Union[PathLike, Sequence[PathLike]], presets: Sequence
     common = {"noise": noise, "seed": int(seed), "backbone": bname, "options": opts_dict,
               "num_samples": num_samples, "observer": observer_name}
     configs = {name: {"schedule": sched.to_dict(), **common} for name, sched in preset_list}
-    fingerprints = {name: _fingerprint(cfg) for name, cfg in configs.items()}
+    fingerprints = {name: fingerprint(cfg) for name, cfg in configs.items()}
     _write_run_info(out, scene_list, scenes, preset_list, fingerprints, common,
                     command if command is not None else shlex.join(sys.argv))
 
@@ -482,7 +355,7 @@ def run_benchmark(scenes: Union[PathLike, Sequence[PathLike]], presets: Sequence
                                         res["phase"], res["reason"])
                 record = _record(scene_id, scene_dir, name, s_seed, fingerprints[name],
                                  configs[name], res, t_obs, time.perf_counter() - t0)
-                _write_json(path, record)
+                write_json(path, record)
                 counts[record["status"]] += 1
                 done += 1
                 if bar is not None:
@@ -507,7 +380,7 @@ def run_benchmark(scenes: Union[PathLike, Sequence[PathLike]], presets: Sequence
 def _is_done(path: Path, fingerprint: str) -> bool:
     if not path.is_file():
         return False
-    data = _read_json(path)
+    data = _read_record(path)
     return bool(data) and data.get("fingerprint") == fingerprint and \
         data.get("status") in ("ok", "failed")
 
@@ -545,7 +418,7 @@ def _write_run_info(out: Path, scene_list: list[tuple[str, Path]], scenes_arg: A
                     preset_list: list[tuple[str, Any]], fingerprints: dict[str, str],
                     common: dict[str, Any], command: str) -> None:
     path = out / "run.json"
-    old = _read_json(path) if path.is_file() else None
+    old = _read_record(path) if path.is_file() else None
     presets = dict((old or {}).get("presets", {}))
     for name, sched in preset_list:
         presets.pop(name, None)
@@ -554,7 +427,7 @@ def _write_run_info(out: Path, scene_list: list[tuple[str, Path]], scenes_arg: A
                     for name, sched in preset_list})
     src = [str(scenes_arg)] if isinstance(scenes_arg, (str, Path)) else \
         [str(s) for s in scenes_arg]
-    _write_json(path, {
+    write_json(path, {
         "format": RUN_FORMAT, "version": FORMAT_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "scenes": src, "num_scenes": len(scene_list),
@@ -584,11 +457,11 @@ def _preset_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
     n = len(results)
     summary: dict[str, Any] = {}
     for key, _, _ in METRICS:
-        summary[key] = _stats(_finite(r["metrics"].get(key)) for r in ok)
+        summary[key] = _stats(finite(r["metrics"].get(key)) for r in ok)
     summary["rr"] = (len(ok) / n) if n else None
-    summary["seconds"] = _stats(_finite((r.get("seconds") or {}).get("reconstruct"))
+    summary["seconds"] = _stats(finite((r.get("seconds") or {}).get("reconstruct"))
                                 for r in ok)
-    summary["seconds_total"] = _stats(_finite((r.get("seconds") or {}).get("total"))
+    summary["seconds_total"] = _stats(finite((r.get("seconds") or {}).get("total"))
                                       for r in ok)
     summary["n"] = n
     summary["n_ok"] = len(ok)
@@ -618,7 +491,7 @@ def summarize(out: PathLike) -> dict[str, Any]:
     out = Path(out).expanduser()
     if not out.is_dir():
         raise FileNotFoundError(f"summarize: no such folder: {out}")
-    run = _read_json(out / "run.json") if (out / "run.json").is_file() else None
+    run = _read_record(out / "run.json") if (out / "run.json").is_file() else None
     run = run or {}
     known = run.get("presets", {})
     order = list(run.get("run_presets", []))
@@ -633,7 +506,7 @@ def summarize(out: PathLike) -> dict[str, Any]:
         want = (known.get(name) or {}).get("fingerprint")
         results, stale = [], 0
         for p in sorted(d.glob("*.json")):
-            r = _read_json(p)
+            r = _read_record(p)
             if not r or r.get("format") != RESULT_FORMAT:
                 continue
             if want is not None and r.get("fingerprint") != want:
@@ -658,7 +531,7 @@ def summarize(out: PathLike) -> dict[str, Any]:
                                         "num_samples", "options", "command")},
         "presets": presets,
     }
-    _write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", summary)
     (out / "summary.md").write_text(_markdown(summary))
     return summary
 
@@ -727,3 +600,9 @@ def _markdown(summary: Mapping[str, Any]) -> str:
                   for name, f in fails]
         lines.append("")
     return "\n".join(lines)
+
+
+def _read_record(path: Path) -> Optional[dict]:
+    """A stored JSON record, or ``None`` when missing / unreadable / not an object (logged)."""
+    data = read_json(path, default=None)
+    return data if isinstance(data, dict) else None

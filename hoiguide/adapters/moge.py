@@ -1,4 +1,4 @@
-"""Monocular geometry (REFERENCE.md section 1, step 4): MoGe / MoGe-2 point maps.
+"""Monocular geometry (docs/method.md section 1, step 4): MoGe / MoGe-2 point maps.
 
 MoGe is not on PyPI: ``pip install git+https://github.com/microsoft/MoGe.git``. Models:
 ``Ruicheng/moge-2-vitl-normal`` (default: metric points + normals), ``Ruicheng/moge-2-vitl``,
