@@ -14,8 +14,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "guided_reconstruct": "hoiguide.api",
     "Reconstruction": "hoiguide.result",
-    "load_schedule": "hoiguide.phases.schema",
-    "ScheduleError": "hoiguide.phases.schema",
+    "load_schedule": "hoiguide.phases.load",
+    "ScheduleError": "hoiguide.phases.errors",
     "FlowBackbone": "hoiguide.backbones.base",
     "GuidanceOptions": "hoiguide.guidance.records",
 }

@@ -232,8 +232,8 @@ def align_frames(coarse_hoi: Mesh | np.ndarray, partial: np.ndarray, hand_mesh: 
         raise ValueError(f"AlignmentOptions.init_hand: expected 'camera' or 'reference', got "
                          f"{o.init_hand!r}")
     h2g, info_b = icp(hand_pts, coarse_pts, init=init, trim=o.trim,
-                      scale_range=o.scale_range, iterations=o.iterations, seed=seed,
-                      return_info=True)
+                      scale_range=o.scale_range, iterations=o.iterations,
+                      correspondences="source_to_target", seed=seed, return_info=True)
     hand_to_image = g2i.compose(h2g)
     info = {"icp_gen_to_image": info_a, "icp_hand_to_gen": _info_dict(info_b),
             "num_partial_points": int(len(partial))}

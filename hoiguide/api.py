@@ -71,7 +71,9 @@ def guided_reconstruct(image: Any = None, *, observations: Optional[Observations
         schedule: a preset name (``hoiguide.phases.available_presets()``), a YAML path, a
             mapping, or a :class:`hoiguide.phases.PhaseSchedule`; default
             ``hoiguide.phases.DEFAULT_SCHEDULE``.
-        seed: initial-noise seed (same seed and machine -> same result).
+        seed: initial-noise seed: the same seed, machine and torch thread count give a
+            bit-identical result on CPU (on CUDA call
+            ``torch.use_deterministic_algorithms(True)`` first).
         device: must be the backbone's device when given (the engine runs where the
             backbone is; move the backbone yourself).
         progress: progress bars over flow steps and inner iterations (tqdm, if installed).

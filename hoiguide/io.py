@@ -11,14 +11,18 @@ One implementation each, so every file hoiguide writes follows the same rules:
 * A folder of outputs appears complete or not at all (:func:`commit_folder`), and a command
   only ever replaces a folder it wrote itself (:func:`check_output_folder`).
 * Images are read into ``(H, W, 3)`` uint8 RGB with their type's range (:func:`load_image`).
+* Pickles (MANO model files, dataset annotations) are read only through an allow-list of
+  globals (:class:`RestrictedUnpickler`): a file can never run code.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
+import pickle
 import re
 import shutil
 import uuid
@@ -35,7 +39,8 @@ from hoiguide.types import Mesh
 __all__ = ["to_jsonable", "write_json", "read_json", "json_text", "load_yaml", "fingerprint",
            "commit_folder", "check_output_folder", "OutputFolderError", "save_png",
            "load_image", "ImageError", "as_uint8_image", "write_mesh", "failure_record",
-           "RESULT_FILE", "did_you_mean"]
+           "RESULT_FILE", "did_you_mean", "numpy_pickle_globals", "RestrictedUnpickler",
+           "read_numpy_pickle"]
 
 log = logging.getLogger(__name__)
 
@@ -431,3 +436,77 @@ def write_mesh(path: PathLike, mesh: Mesh, color: Optional[Sequence[float]] = No
                                                                         4).clone()
     Mesh(mesh.vertices.detach().cpu(), mesh.faces.cpu(), colors).export(p)
     return p
+
+
+# ---------------------------------------------------------------------------- pickles
+def numpy_pickle_globals() -> dict[tuple[str, str], Any]:
+    """The globals a pickle of numpy arrays and plain Python data needs: numpy's array /
+    dtype / scalar reconstruction functions (numpy 1 and 2 module paths) and
+    ``_codecs.encode`` (protocol-2 bytes). Nothing here can run other code."""
+    import _codecs
+
+    try:  # numpy >= 2
+        from numpy._core import multiarray as ma
+        from numpy._core import numeric as nu
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core import multiarray as ma  # type: ignore[no-redef]
+        from numpy.core import numeric as nu  # type: ignore[no-redef]
+    out: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray,
+                                       ("numpy", "dtype"): np.dtype,
+                                       ("_codecs", "encode"): _codecs.encode}
+    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        out[(mod, "_reconstruct")] = ma._reconstruct
+        out[(mod, "scalar")] = ma.scalar
+    if hasattr(nu, "_frombuffer"):
+        for mod in ("numpy.core.numeric", "numpy._core.numeric"):
+            out[(mod, "_frombuffer")] = nu._frombuffer
+    return out
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only an allow-list of globals (default
+    :func:`numpy_pickle_globals`), so loading a file never runs code from it. Subclasses may
+    map more names in :meth:`extra_class`; anything else raises ``pickle.UnpicklingError``
+    naming the global and ``what`` (the file)."""
+
+    refuse_hint = "only numpy arrays, numbers, strings, lists and dicts are read"
+
+    def __init__(self, file: Any, what: str,
+                 allowed: Optional[Mapping[tuple[str, str], Any]] = None) -> None:
+        super().__init__(file, encoding="latin1")
+        self._allowed = dict(numpy_pickle_globals() if allowed is None else allowed)
+        self._what = what
+
+    def extra_class(self, module: str, name: str) -> Any:
+        """A stand-in for a global outside the allow-list, or ``None`` to refuse it."""
+        return None
+
+    def find_class(self, module: str, name: str) -> Any:
+        key = (module, name)
+        if key in self._allowed:
+            return self._allowed[key]
+        extra = self.extra_class(module, name)
+        if extra is not None:
+            return extra
+        raise pickle.UnpicklingError(f"{self._what}: refusing to load the global "
+                                     f"'{module}.{name}': {self.refuse_hint}")
+
+
+def read_numpy_pickle(path: PathLike) -> Any:
+    """Read a pickle that holds only numpy arrays and plain Python data (e.g. dataset
+    annotation files) without running code from it.
+
+    Raises:
+        FileNotFoundError: no such file.
+        pickle.UnpicklingError: the file names anything outside numpy's reconstruction
+            functions (the message names it and the file), or is not a pickle.
+    """
+    p = Path(path)
+    data = p.read_bytes()
+    try:
+        return RestrictedUnpickler(io.BytesIO(data), str(p)).load()
+    except pickle.UnpicklingError:
+        raise
+    except Exception as exc:  # noqa: BLE001 -- truncated / not a pickle
+        raise pickle.UnpicklingError(f"{p}: not a readable pickle ({type(exc).__name__}: "
+                                     f"{exc})") from None

@@ -7,10 +7,12 @@ one per time convention:
 ``GaussianGridBackbone`` (``data_at_1``, like Hunyuan3D-2): the latent is a coarse ``G^3`` grid of SDF values (divided by
 ``scale``) over ``bounds``; ``decode_sdf`` interpolates it trilinearly (analytic,
 differentiable in the latent). The "data distribution" is Gaussian, ``N(mu, tau^2 I)`` with
-``mu`` the grid of a generic sphere, and the velocity is its EXACT rectified-flow velocity
+``mu`` the grid of a generic sphere (conditioned: its radius changes by at most
+``condition_strength`` with the object image's brightness; unconditional: radius ``radius``),
+and the velocity is its EXACT rectified-flow velocity, combined by classifier-free guidance
 (Hunyuan's ``data_at_1`` convention): the posterior mean of the data given ``x_sigma`` is
 ``D = mu + k (x - sigma mu)``, ``k = sigma tau^2 / (sigma^2 tau^2 + (1 - sigma)^2)``, and
-``v = (D - x) / (1 - sigma)``. The image is ignored, so unguided sampling gives a bumpy
+``v = (D - x) / (1 - sigma)``. The image barely matters, so unguided sampling gives a bumpy
 version of the generic sphere: the WRONG shape for the ellipsoid of the scene below.
 
 ``EllipsoidFlowBackbone`` (``data_at_0``, diffusers' convention): the latent parametrises an
@@ -59,11 +61,13 @@ class GaussianGridBackbone:
     default_resolution = 33
 
     def __init__(self, grid: int = 10, radius: float = 0.6, tau: float = 0.5,
-                 scale: float = 0.1) -> None:
+                 scale: float = 0.1, condition_strength: float = 0.02) -> None:
         self.G = int(grid)
         self.latent_shape = (self.G, self.G, self.G)
         self.tau = float(tau)
         self.scale = float(scale)
+        self.radius = float(radius)
+        self.condition_strength = float(condition_strength)
         self.mu = self.encode_shape(lambda p: p.norm(dim=-1) - radius)
 
     def coarse_points(self) -> torch.Tensor:
@@ -81,19 +85,32 @@ class GaussianGridBackbone:
         arr = np.asarray(image)
         if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
             raise ValueError(f"expected (H, W, 3|4), got {arr.shape}")
-        return {"mu": self.mu}
+        # the condition: the sphere's radius grows with the object's mean brightness (by
+        # condition_strength at most), so conditional and unconditional velocities differ
+        rgb = arr[..., :3].astype(np.float64) / 255.0
+        mask = arr[..., 3] > 0 if arr.shape[-1] == 4 else np.ones(arr.shape[:2], bool)
+        bright = float(rgb[mask].mean()) if mask.any() else 0.5
+        r = self.radius * (1.0 + self.condition_strength * (bright - 0.5))
+        return {"mu": self.encode_shape(lambda p: p.norm(dim=-1) - r)}
 
-    def clean(self, latent: torch.Tensor, sigma: float) -> torch.Tensor:
+    def clean(self, latent: torch.Tensor, sigma: float,
+              mu: torch.Tensor | None = None) -> torch.Tensor:
+        mu = self.mu if mu is None else mu
         s = float(sigma)
         k = s * self.tau ** 2 / (s * s * self.tau ** 2 + (1 - s) ** 2)
-        return self.mu + k * (latent - s * self.mu)
+        return mu + k * (latent - s * mu)
 
     def velocity(self, latent, sigma, condition, guidance_scale=None):
         s = float(torch.as_tensor(sigma).reshape(-1)[0])
         if s >= 1.0:
             raise ValueError("velocity undefined at sigma = 1")
         x = latent.to(torch.float64)
-        return (self.clean(x, s) - x) / (1.0 - s)
+        mu_c = None if condition is None else condition["mu"]
+        v_c = (self.clean(x, s, mu_c) - x) / (1.0 - s)
+        if guidance_scale is None:
+            return v_c
+        v_u = (self.clean(x, s) - x) / (1.0 - s)
+        return v_u + float(guidance_scale) * (v_c - v_u)
 
     def decode_sdf(self, latent: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         lat = latent.to(torch.float64)

@@ -794,7 +794,8 @@ def stage_b(a: argparse.Namespace) -> None:
     images = load_images(work, data["names"], arch["image_size"])
     imgs_tr = [images[int(i)] for i in tr]
     imgs_va = [images[int(i)] for i in va]
-    pairs = np.array([(k, v) for k in range(len(tr)) for v in range(len(z_tr[k]))])
+    n_views = a.views_used or max(len(z) for z in z_tr)
+    pairs = np.array([(k, v) for k in range(len(tr)) for v in range(min(n_views, len(z_tr[k])))])
     ckpt_path = work / "stage_b_ckpt.pt"
     model = _instantiate(cfg["model"], a.seed + 2)
     cond_enc = _instantiate(cfg["conditioner"], a.seed + 3)
@@ -814,7 +815,8 @@ def stage_b(a: argparse.Namespace) -> None:
     start, curve, val_curve, elapsed = 0, [], [], 0.0
     if ckpt_path.is_file():
         ck = torch.load(ckpt_path, weights_only=False)
-        if ck.get("arch") != arch or ck.get("aux", 0.0) != a.aux:
+        if ck.get("arch") != arch or ck.get("aux", 0.0) != a.aux or \
+                ck.get("views_used", 0) != a.views_used:
             raise SystemExit(f"stage b: {ckpt_path} was made with arch {ck.get('arch')} aux "
                              f"{ck.get('aux')}; delete it or pass the same flags")
         model.load_state_dict(ck["model"])
@@ -888,11 +890,11 @@ def stage_b(a: argparse.Namespace) -> None:
             for src, dst in ((model, ema_model), (cond_enc, ema_cond)):
                 for p, q in zip(src.parameters(), dst.parameters()):
                     q.mul_(d).add_(p.detach(), alpha=1 - d)
-        lf = float(loss_flow)
+        lf = float(loss_flow.detach())
         run = lf if run is None else 0.98 * run + 0.02 * lf
         if step % 50 == 0:
             curve.append({"step": step, "loss": lf, "ema_loss": run,
-                          "aux": None if loss_aux is None else float(loss_aux),
+                          "aux": None if loss_aux is None else float(loss_aux.detach()),
                           "lr": lr_at(step), "t": round(time.time() - t0, 1)})
         last = step == total - 1
         if step % 500 == 0 or last:
@@ -902,7 +904,7 @@ def stage_b(a: argparse.Namespace) -> None:
                               "t": round(time.time() - t0, 1)})
             log.info("B step %d/%d  loss %.4f (avg %.4f)%s  val[EMA] cond %.4f uncond %.4f "
                      "shuffled %.4f | train-subset cond %.4f  %.0f s", step, total, lf, run,
-                     "" if loss_aux is None else f" aux {float(loss_aux):.4f}",
+                     "" if loss_aux is None else f" aux {float(loss_aux.detach()):.4f}",
                      vl["cond"], vl["uncond"], vl["shuffled"], tl["cond"], time.time() - t0)
         if (step + 1) % 1000 == 0 or last:
             torch.save({"model": model.state_dict(), "cond": cond_enc.state_dict(),
@@ -910,15 +912,19 @@ def stage_b(a: argparse.Namespace) -> None:
                         "aux_head": aux_head.state_dict(), "opt": opt.state_dict(),
                         "gen": gen.get_state(), "rng": rng.bit_generator.state,
                         "step": step + 1, "curve": curve, "val_curve": val_curve,
-                        "t": time.time() - t0, "arch": arch, "aux": a.aux},
+                        "t": time.time() - t0, "arch": arch, "aux": a.aux,
+                        "views_used": a.views_used},
                        str(ckpt_path) + ".tmp")
             os.replace(str(ckpt_path) + ".tmp", ckpt_path)
     ck = torch.load(ckpt_path, weights_only=False)
-    torch.save({"model": ck["ema_model"], "conditioner": ck["ema_cond"], "vae": sa["vae"],
-                "arch": arch, "step": ck["step"]}, work / "stage_b.pt")
+    final = {"model": ck["ema_model"], "conditioner": ck["ema_cond"], "vae": sa["vae"],
+             "arch": arch, "step": ck["step"], "seconds": ck["t"]}
+    torch.save(final, work / "stage_b.pt")
+    torch.save(final, work / f"stage_b_{ck['step']}.pt")        # for curves over steps
     _update_json(work / "curves.json", {"b": ck["curve"], "b_val": ck["val_curve"]})
     _update_json(work / "timings.json", {"b": {
         "seconds": round(ck["t"], 1), "steps": ck["step"], "batch": B, "aux": a.aux,
+        "views_used": a.views_used,
         "arch": arch, "dit_params": _count(model), "conditioner_params": _count(cond_enc),
         "final_loss_avg": ck["curve"][-1]["ema_loss"], "final_val": ck["val_curve"][-1]}})
 
@@ -928,10 +934,11 @@ def stage_b(a: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def build_backbone(work: Path):
+def build_backbone(work: Path, path: str | Path | None = None):
+    """The backbone of ``work/stage_b.pt`` (or of the given stage-B file)."""
     from hoiguide.backbones import HunyuanBackbone
 
-    sd = torch.load(work / "stage_b.pt", weights_only=False)
+    sd = torch.load(path or work / "stage_b.pt", weights_only=False)
     bb = HunyuanBackbone.from_config(tiny_generator_config(sd["arch"]), seed=0)
     bb.model.load_state_dict(sd["model"])
     bb.conditioner.load_state_dict(sd["conditioner"])
@@ -1006,10 +1013,19 @@ def stage_eval(a: argparse.Namespace) -> None:
         bb = HunyuanBackbone.from_pretrained(a.out, subfolder=None, variant=None, device="cpu",
                                              local_files_only=True)
     else:
-        bb = build_backbone(work)
+        bb = build_backbone(work, a.eval_ckpt or None)
     size = int(bb.conditioner.main_image_encoder.model.config.image_size)
     images = load_images(work, data["names"], size)
     tr, va = sa["train_idx"].numpy(), sa["val_idx"].numpy()
+    z_val = sa["z_val"]
+    if a.eval_per_family:        # a quick evaluation on the first N shapes of each family
+        keep, count = [], {}
+        for k, i in enumerate(va):
+            f = data["families"][int(i)]
+            count[f] = count.get(f, 0) + 1
+            if count[f] <= a.eval_per_family:
+                keep.append(k)
+        va, z_val = va[keep], [z_val[k] for k in keep]
     rng = np.random.default_rng([a.seed, 40])
     n = len(va)
     res = a.eval_res
@@ -1054,17 +1070,19 @@ def stage_eval(a: argparse.Namespace) -> None:
                                               else float("nan"))
             row["cd_random_train"] = chamfer(rand_tr_pts[k], truth[k])
             row["cd_stage_a_latent"] = (lambda p: chamfer(p, truth[k]) if p is not None
-                                        else float("nan"))(mesh_pts(sa["z_val"][k][view], k))
+                                        else float("nan"))(mesh_pts(z_val[k][view], k))
             rows.append(row)
         log.info("eval view %d done (%.0f s)", view, time.time() - t0)
     summary = _summarise(rows, a.cfg)
     out = {"rows": rows, "summary": summary, "steps": a.eval_steps, "resolution": res,
            "seconds": round(time.time() - t0, 1)}
-    name = f"eval_s{a.eval_steps}.json"
+    name = f"eval_s{a.eval_steps}" + (f"_pf{a.eval_per_family}" if a.eval_per_family else "") \
+        + (f"_{Path(a.eval_ckpt).stem}" if a.eval_ckpt else "") + ".json"
     with open(work / name, "w") as f:
         json.dump(out, f, indent=1)
     log.info("eval summary (%s): %s", name, json.dumps(_headline(summary, a.cfg), indent=1))
-    _update_json(work / "timings.json", {f"eval_s{a.eval_steps}": {"seconds": out["seconds"]}})
+    _update_json(work / "timings.json", {name[:-5]: {"seconds": out["seconds"],
+                                                     "headline": _headline(summary, a.cfg)}})
     if a.figures:
         make_figures(a, bb, data, sa, images)
 
@@ -1329,10 +1347,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr-b", type=float, default=1e-3)
     p.add_argument("--aux", type=float, default=0.0,
                    help="weight of the auxiliary latent regression from the conditioner")
+    p.add_argument("--views-used", type=int, default=0,
+                   help="stage b: use only the first N views of each training shape (0: all)")
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--eval-steps", type=int, default=20)
     p.add_argument("--eval-res", type=int, default=64)
     p.add_argument("--cfg", type=float, nargs="+", default=[3.0, 5.0])
+    p.add_argument("--eval-per-family", type=int, default=0,
+                   help="quick evaluation: only the first N validation shapes of each family "
+                        "(random_urdfs 600-699 count as one family)")
+    p.add_argument("--eval-ckpt", default="",
+                   help="evaluate this stage-B file (e.g. WORK/stage_b_4000.pt) instead")
     p.add_argument("--eval-exported", action="store_true",
                    help="evaluate the exported package weights (through from_pretrained)")
     p.add_argument("--no-figures", dest="figures", action="store_false")

@@ -124,7 +124,7 @@ def make_dexycb(root: Path, mano: dict, *, W: int = 64, H: int = 48) -> dict:
         d = root / DEX_SUBJECT / seq
         d.mkdir(parents=True, exist_ok=True)
         (d / "meta.yml").write_text(
-            f"serials:\n" + "".join(f"- '{s}'\n" for s in serials) +
+            "serials:\n" + "".join(f"- '{s}'\n" for s in serials) +
             f"num_frames: {nframes}\nycb_ids:\n- 2\n- 5\nycb_grasp_ind: 1\n"
             f"mano_sides:\n- {side}\nmano_calib:\n- {calib}\n")
         arrays = mano[side]
@@ -233,7 +233,6 @@ def make_oakink(root: Path, mano: dict, *, W: int = 80, H: int = 45) -> dict:
         T[:3, 3] = [0.0, 0.0, 0.6]
         v0 = canon[obj_id][0]
         centred = v0 - 0.5 * (v0.min(0) + v0.max(0))
-        obj = centred @ T[:3, :3].T + T[:3, 3]
         go, hp = rng.normal(size=3) * 0.5, rng.normal(size=45) * 0.3
         far = seq == OAK_HANDOVER and hand == 0
         transl = np.array([0.0, 0.0, 0.6]) + (np.array([0.4, 0, 0]) if far else 0)

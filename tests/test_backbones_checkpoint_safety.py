@@ -151,6 +151,12 @@ def test_malformed_config_names_the_file(folder):
     cfg_path.write_text(yaml.safe_dump({"model": {"target": "x.y"}}))
     with pytest.raises(CheckpointError, match=r"missing section\(s\) \['vae'"):
         _load(folder)
+    cfg = HunyuanBackbone.tiny_config()
+    cfg["vae"]["params"]["no_such_option"] = 1
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(cfg_path))}: vae\.params do "
+                                              r"not fit ShapeVAE \(TypeError: "):
+        _load(folder)
 
 
 def test_a_models_file_generator_path_goes_through_the_same_check(folder, tmp_path):

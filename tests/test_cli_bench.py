@@ -124,15 +124,19 @@ def test_no_scenes_exit_2(tmp_path, observers, caplog):
 
 def test_tiny_backbone_missing_is_explained(scene_dir, tmp_path, observers, caplog,
                                             monkeypatch):
-    import hoiguide.backbones as backbones
+    """A bundled generator whose weights are missing: one line naming the file, exit 2,
+    nothing written."""
+    import hoiguide.backbones.bundled as bundled
 
-    # as it is before the bundled tiny generator lands (and whatever happens after)
-    monkeypatch.delitem(backbones._EXPORTS, "tiny", raising=False)
-    monkeypatch.delattr(backbones, "tiny", raising=False)
+    def missing(device=None):
+        raise FileNotFoundError("no weights at /x/tiny/model.safetensors (reinstall hoiguide)")
+
+    monkeypatch.setattr(bundled, "tiny", missing)
     with caplog.at_level(logging.ERROR, logger="hoiguide"):
         assert main(["bench", "--scenes", str(scene_dir), "--preset", "unguided",
                      "--out", str(tmp_path / "o")]) == 2
-    assert "hoiguide.backbones.tiny() does not exist yet" in caplog.text
+    assert "--backbone tiny: no weights at /x/tiny/model.safetensors" in caplog.text
+    assert not (tmp_path / "o").exists()
 
 
 def test_other_subcommands_still_work(capsys):

@@ -133,6 +133,6 @@ def test_missing_files(arc, tmp_path):
     shutil.copy(arc["root"] / "meta" / "object_vtemplates" / "box" / "parts.json", tmpl)
     with pytest.raises(DatasetError, match=r"missing egocentric camera file .*egocam\.dist"):
         ds.get(EGO)
+    (tmp_path / "nothing").mkdir()
     with pytest.raises(DatasetError, match=r"missing ground-truth folder .*raw_seqs"):
-        open_dataset("arctic", tmp_path / "nothing" if (tmp_path / "nothing").mkdir() or True
-                     else None)
+        open_dataset("arctic", tmp_path / "nothing")

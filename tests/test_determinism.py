@@ -120,7 +120,7 @@ def test_guided_reconstruction_twice_is_bit_identical(two_threads, synth_scene):
     for _ in range(2):
         rec = hoiguide.guided_reconstruct(
             observations=obs, backbone=backbone, schedule="fast", seed=3, progress=False,
-            options={"num_steps": 8, "max_iterations": 3, "render_size": 48,
+            options={"num_steps": 6, "max_iterations": 3, "render_size": 48,
                      "grid_resolution": 41, "final_resolution": 33})
         assert rec.ok, rec.status
         gt = synth_scene.object_mesh

@@ -289,24 +289,24 @@ def test_reconstruction_and_metric_failures_are_recorded(scene_dir, backbone, tm
                                                          monkeypatch):
     import dataclasses
 
-    import hoiguide.api
-    import hoiguide.eval.protocol
+    import hoiguide.apps.score as score
 
-    real = hoiguide.api.guided_reconstruct
+    real = score.GuidedSampler
 
-    def fake(*, observations, **kw):
-        sid = observations.metadata["scene_id"]
-        if sid == "s0":
-            raise ValueError("boom in the engine")
-        rec = real(observations=observations, **kw)
-        return dataclasses.replace(rec, status="empty object mesh") if sid == "s1" else rec
+    class Fake(real):
+        def run(self, observations, **kw):
+            sid = observations.metadata["scene_id"]
+            if sid == "s0":
+                raise ValueError("boom in the engine")
+            rec = super().run(observations, **kw)
+            return dataclasses.replace(rec, status="empty object mesh") if sid == "s1" else rec
 
-    real_metrics = hoiguide.eval.protocol.hand_aligned_metrics
+    real_metrics = score.hand_aligned_metrics
 
     def fake_metrics(*a, **kw):
         raise FloatingPointError("bad metric")
 
-    monkeypatch.setattr(hoiguide.api, "guided_reconstruct", fake)
+    monkeypatch.setattr(score, "GuidedSampler", Fake)
     out = tmp_path / "out"
     summary = run_benchmark(scene_dir, ["unguided"], out, backbone=backbone,
                             observe=Observer(), limit=2, **FAST_KW)
@@ -319,8 +319,8 @@ def test_reconstruction_and_metric_failures_are_recorded(scene_dir, backbone, tm
     assert summary["presets"]["unguided"]["rr"] == 0.0
     assert summary["presets"]["unguided"]["cd_cm2"] == {"mean": None, "median": None}
     # a metric failure
-    monkeypatch.setattr(hoiguide.api, "guided_reconstruct", real)
-    monkeypatch.setattr(hoiguide.eval.protocol, "hand_aligned_metrics", fake_metrics)
+    monkeypatch.setattr(score, "GuidedSampler", real)
+    monkeypatch.setattr(score, "hand_aligned_metrics", fake_metrics)
     run_benchmark(scene_dir, ["unguided"], out, backbone=backbone, observe=Observer(),
                   limit=1, overwrite=True, **FAST_KW)
     r = load_results(out, "unguided")["s0"]
@@ -332,15 +332,19 @@ def test_reconstruction_and_metric_failures_are_recorded(scene_dir, backbone, tm
 def test_perfect_prediction_scores_perfectly(scene_dir, backbone, tmp_path, monkeypatch):
     """A reconstruction that returns the ground truth (hand and object) must score CD 0,
     F5 = F10 = 1: checks that prediction and truth are wired the right way round."""
-    import hoiguide.api
+    import hoiguide.apps.score as score
 
-    def oracle(*, observations, **kw):
-        scene = Scene.load(scene_dir / observations.metadata["scene_id"])
-        return SimpleNamespace(ok=True, status="ok", counters={"iterations": 0}, timings={},
-                               schedule={"num_steps": 2}, object_mesh=scene.object_mesh,
-                               hand_mesh=scene.hand_mesh)
+    class Oracle:
+        def __init__(self, *a, **kw):
+            pass
 
-    monkeypatch.setattr(hoiguide.api, "guided_reconstruct", oracle)
+        def run(self, observations, **kw):
+            scene = Scene.load(scene_dir / observations.metadata["scene_id"])
+            return SimpleNamespace(ok=True, status="ok", counters={"iterations": 0},
+                                   timings={}, num_steps=2, object_mesh=scene.object_mesh,
+                                   hand_mesh=scene.hand_mesh)
+
+    monkeypatch.setattr(score, "GuidedSampler", Oracle)
     s = run_benchmark(scene_dir, ["unguided"], tmp_path / "o", backbone=backbone,
                       observe=Observer(), limit=2, **FAST_KW)["presets"]["unguided"]
     assert s["rr"] == 1.0

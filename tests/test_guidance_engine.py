@@ -180,13 +180,19 @@ def test_velocity_untouched_in_hand_phase_and_similarities_persist(backbone, sce
         seen[state.step] = state
 
     sched = load_schedule("fast")
-    GuidedSampler(backbone, sched, _small(max_iterations=2)).run(
-        scene.observations, progress=False, callbacks=[cb])
-    # step 3 is the hand phase: the velocity is the model's
-    v_model = backbone.velocity(seen[3].latent, seen[3].sigma, None)
+    # the hand observed 1 cm off, so the hand phase has something to correct (a hand at the
+    # truth stays at the identity: keep_best keeps the best iterate)
+    sc = make_scene(object_perturbation=OBJECT_PERTURBATION,
+                    hand_perturbation=similarity_about((0.0, 0.0, 0.3),
+                                                       translation=(0.01, 0.0, 0.0)))
+    GuidedSampler(backbone, sched, _small(max_iterations=8)).run(
+        sc.observations, progress=False, callbacks=[cb])
+    # step 3 is the hand phase: the velocity is the model's (with CFG, as the engine calls it)
+    cond = backbone.encode_condition(sc.observations.object_image)
+    v_model = backbone.velocity(seen[3].latent, seen[3].sigma, cond, seen[3].guidance_scale)
     assert torch.allclose(seen[3].velocity, v_model)
     # step 4 optimises the velocity
-    v_model = backbone.velocity(seen[4].latent, seen[4].sigma, None)
+    v_model = backbone.velocity(seen[4].latent, seen[4].sigma, cond, seen[4].guidance_scale)
     assert not torch.allclose(seen[4].velocity, v_model)
     # the hand similarity found at step 3 is unchanged by the object phase (step 4)
     assert torch.equal(seen[3].hand_similarity.matrix(), seen[4].hand_similarity.matrix())

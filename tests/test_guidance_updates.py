@@ -117,7 +117,8 @@ def test_update_rule_formula(backbone, scene, update):
     i = 4                                       # the object phase at 8 steps
     st, nxt = seen[i], seen[i + 1]
     x, v = st.latent.double(), st.velocity.double()
-    v_model = backbone.velocity(st.latent, st.sigma, None).double()
+    cond = backbone.encode_condition(scene.observations.object_image)
+    v_model = backbone.velocity(st.latent, st.sigma, cond, st.guidance_scale).double()
     assert not torch.allclose(v, v_model)       # the velocity was optimised
     if update == "euler":
         want = x + (st.sigma_next - st.sigma) * v
@@ -138,9 +139,15 @@ def test_renoise_carries_more_of_the_correction_than_euler(backbone, scene):
         seen, _ = _states(backbone, scene, _sched(update))
         st = seen[4]
         opt = predict_clean(st.latent, st.velocity, st.sigma, "data_at_1")
-        model = backbone.clean(st.latent, st.sigma)
+        cond = backbone.encode_condition(scene.observations.object_image)
+
+        def model_clean(s):
+            v = backbone.velocity(s.latent, s.sigma, cond, s.guidance_scale)
+            return predict_clean(s.latent, v, s.sigma, "data_at_1")
+
+        model = model_clean(st)
         nxt = seen[5]
-        after = backbone.clean(nxt.latent, nxt.sigma)
+        after = model_clean(nxt)
         return float((after - model).norm() / (opt - model).norm())
 
     kept_euler, kept_renoise = clean_gap("euler"), clean_gap("renoise")

@@ -18,7 +18,7 @@ from hoiguide.phases import (
     available_presets,
     load_schedule,
 )
-from hoiguide.phases import schema
+from hoiguide.phases import load as schema
 
 PRESETS = {"followmyhold", "fast", "no_guidance", "no_phase1", "no_phase2", "swapped",
            "joint_only", "no_normal", "no_disparity", "no_silhouette", "no_intersection",
@@ -160,7 +160,7 @@ def test_windows_stay_ordered_and_disjoint_for_any_step_count():
 
 
 def test_too_few_steps_leaves_a_phase_empty_with_a_warning(caplog):
-    with caplog.at_level("WARNING", logger="hoiguide.phases.schema"):
+    with caplog.at_level("WARNING", logger="hoiguide.phases.model"):
         r = load_schedule("followmyhold").resolve(2)
     assert [p.steps for p in r] == [(), (0,), (1,)]   # the earliest phase gives way
     assert r.by_name("hand").empty

@@ -56,6 +56,9 @@ def test_family_instances_closed_and_within_declared_ranges(name):
         assert mid_lo - 1e-3 <= ext[1] / ext[0] <= mid_hi + 1e-3, (name, seed, ext)
         assert short_lo - 1e-3 <= ext[2] / ext[0] <= short_hi + 1e-3, (name, seed, ext)
         np.testing.assert_allclose(0.5 * (V.max(0) + V.min(0)), 0, atol=1e-6)
+        tri = V[F]
+        area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+        assert area.min() > 0, (name, seed)                        # no degenerate faces
         assert m.metadata["components"] == 1 and m.metadata["self_intersecting"] is False
 
 
@@ -107,6 +110,10 @@ def test_size_default_is_the_familys_and_an_explicit_range_wins():
         m = load_object(f"procedural:spatula@{s}", rng=np.random.default_rng(0),
                         size_range=(0.05, 0.06))
         assert 0.05 <= m.metadata["size"] <= 0.06
+    # without a seed the historical default (0.05-0.20 m) is kept: older scenes are unchanged
+    sizes = [load_object("procedural:spatula", rng=np.random.default_rng(k)).metadata["size"]
+             for k in range(8)]
+    assert 0.05 <= min(sizes) and max(sizes) <= 0.20 and min(sizes) < 0.2
 
 
 def test_seed_split_ranges_are_disjoint_and_named():

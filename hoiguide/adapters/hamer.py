@@ -13,20 +13,17 @@ HaMeR (not on PyPI) regresses MANO parameters
 
 from __future__ import annotations
 
-import copy
 import logging
-import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from hoiguide.adapters._util import (NoDetectionError, WeightsNotFoundError, check_box,
+from hoiguide.adapters._util import (WeightsNotFoundError, check_box,
                                      check_image, default_device, import_optional)
-from hoiguide.types import Camera, Mesh
+from hoiguide.types import Camera
 from hoiguide.adapters.hand import HandEstimate, as_tensor
 
 __all__ = ["HaMeREstimator", "hamer_to_hand_estimate"]

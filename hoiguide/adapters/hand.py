@@ -11,19 +11,13 @@ in the camera frame of the image it was given, metres), made by one of:
 
 from __future__ import annotations
 
-import copy
 import logging
-import math
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from hoiguide.adapters._util import (NoDetectionError, WeightsNotFoundError, check_box,
-                                     check_image, default_device, import_optional)
 from hoiguide.types import Camera, Mesh
 
 __all__ = ["HandEstimate", "as_tensor", "model_kind", "keypoint_box", "box_iou"]

@@ -30,17 +30,12 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 
-from hoiguide.adapters._util import (NoDetectionError, WeightsNotFoundError, check_box,
-                                     check_image, default_device, import_optional)
-from hoiguide.types import Camera, Mesh
+from hoiguide.types import Camera
 from hoiguide.adapters.hand import HandEstimate, as_tensor, model_kind
 
 __all__ = ["fit_hand_to_keypoints"]

@@ -9,21 +9,16 @@ MediaPipe Hands (models bundled in
 
 from __future__ import annotations
 
-import copy
 import logging
-import math
-import os
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from hoiguide.adapters._util import (NoDetectionError, WeightsNotFoundError, check_box,
-                                     check_image, default_device, import_optional)
-from hoiguide.types import Camera, Mesh
-from hoiguide.adapters.hand import HandEstimate, as_tensor, box_iou, keypoint_box
+from hoiguide.adapters._util import (NoDetectionError, check_box,
+                                     check_image, import_optional)
+from hoiguide.types import Camera
+from hoiguide.adapters.hand import HandEstimate, box_iou, keypoint_box
 from hoiguide.adapters.keypoint_fit import fit_hand_to_keypoints
 
 __all__ = ["MediaPipeHandEstimator", "mediapipe_to_keypoints"]

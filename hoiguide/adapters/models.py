@@ -55,9 +55,11 @@ with ``options`` and, when it accepts one, ``device``), which is one of:
   models files you wrote or checked, as you would a Python script. A factory without it that
   is not hoiguide's is refused (:class:`ModelsConfigError` naming ``<role>.factory``).
 
-Nothing else in a models file names code: model ids and paths are loaded as data (the
-generator's ``config.yaml`` only through an allow-list of hy3dgen's classes, see
-:meth:`hoiguide.backbones.HunyuanBackbone.from_pretrained`). Invalid files raise :class:`ModelsConfigError` naming the YAML path
+Model ids and paths name weights, read by each adapter's loader: the generator's folder only
+through an allow-list of hy3dgen's classes and safetensors (see
+:meth:`hoiguide.backbones.HunyuanBackbone.from_pretrained`); HaMeR's ``hand.checkpoint`` goes
+to HaMeR's own loader (Lightning's ``load_from_checkpoint``, a pickle): use the file of
+HaMeR's release only. Invalid files raise :class:`ModelsConfigError` naming the YAML path
 (``hand.kind: expected one of hamer, mediapipe, got 'hammer'; did you mean hamer?``), as
 :class:`hoiguide.phases.ScheduleError` does for schedules. Building a role that cannot be
 built (a missing extra, missing weights) raises :class:`ModelLoadError` naming the role, the
@@ -76,7 +78,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import importlib
 import inspect
 import logging
@@ -86,6 +87,8 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 __all__ = ["Models", "ModelsConfigError", "ModelLoadError", "ROLES", "DEFAULT_MODELS",
            "OFFLINE_MODELS", "load_models_config"]
+
+from hoiguide.io import did_you_mean, load_yaml
 
 log = logging.getLogger(__name__)
 
@@ -159,9 +162,7 @@ class ModelLoadError(RuntimeError):
         super().__init__(message)
 
 
-def _suggest(name: Any, candidates: Any) -> str:
-    close = difflib.get_close_matches(str(name), list(candidates), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]}?" if close else ""
+_suggest = did_you_mean
 
 
 def _validate_role(role: str, raw: Any, source: Optional[str]) -> dict[str, Any]:
@@ -236,7 +237,6 @@ def load_models_config(spec: Union[str, Path, Mapping[str, Any], None],
         FileNotFoundError: ``spec`` names no file.
         ModelsConfigError: invalid YAML or schema; the message names the YAML path.
     """
-    import yaml
 
     if spec is None:
         raw: Any = {}
@@ -249,9 +249,9 @@ def load_models_config(spec: Union[str, Path, Mapping[str, Any], None],
             raise FileNotFoundError(f"models file not found: {p}")
         source = source or str(p)
         try:
-            raw = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as exc:
-            raise ModelsConfigError(f"not valid YAML: {exc}", "", source) from None
+            raw = load_yaml(p)
+        except ValueError as exc:
+            raise ModelsConfigError(str(exc).removeprefix(f"{p}: "), "", source) from None
         if raw is None:
             raw = {}
     else:
@@ -531,13 +531,26 @@ class Models:
         return self._objects[role]
 
     def build(self, roles: Any = None) -> "Models":
-        """Build every role now (or the given ones); returns ``self``.
+        """Build every role now (or the given ones); returns ``self``. Every role is tried, so
+        one error lists everything that is missing (each role's message says what to
+        install or download).
 
         Raises:
-            ModelLoadError: the first role that cannot be built.
+            ModelLoadError: one or more roles cannot be built (``role`` is the first; the
+                message has one line per role).
         """
+        failed: list[ModelLoadError] = []
         for role in (ROLES if roles is None else roles):
-            self.get(role)
+            try:
+                self.get(role)
+            except ModelLoadError as exc:
+                failed.append(exc)
+        if len(failed) == 1:
+            raise failed[0]
+        if failed:
+            lines = "\n".join(f"  - {str(e).strip()}" for e in failed)
+            raise ModelLoadError(failed[0].role, f"{len(failed)} models cannot be built:\n"
+                                                 f"{lines}") from failed[0]
         return self
 
     def describe(self) -> dict[str, Any]:

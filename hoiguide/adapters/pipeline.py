@@ -38,16 +38,10 @@ when the hand is a left hand. :func:`to_full_frame` brings results back to the p
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
-import shutil
-import tempfile
 import time
-import traceback
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
 import numpy as np

@@ -37,10 +37,7 @@ rebuilt from the JSON files on disk, so interrupted or partial runs accumulate.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
-import math
 import shlex
 import statistics
 import sys
@@ -53,8 +50,8 @@ __all__ = ["run_benchmark", "summarize", "format_table", "scene_seed", "resolve_
            "resolve_presets", "BenchmarkError",
            "METRICS"]
 
-from hoiguide.apps.score import (METRICS, backbone_name, finite, reconstruct_and_score,
-                                  scene_seed)
+from hoiguide.apps.score import METRICS, finite, reconstruct_and_score, scene_seed
+from hoiguide.apps.score import backbone_name as name_of_backbone
 from hoiguide.io import failure_record, fingerprint, read_json, write_json, write_mesh
 
 log = logging.getLogger(__name__)
@@ -266,7 +263,7 @@ def run_benchmark(scenes: Union[PathLike, Sequence[PathLike]], presets: Sequence
         raise BenchmarkError(f"bench: expected num_samples >= 1, got {num_samples}")
     opts = GuidanceOptions.coerce(options)
     opts_dict = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)}
-    bname = backbone_name or backbone_name(backbone)
+    bname = backbone_name or name_of_backbone(backbone)
     if observe is None:
         try:
             from hoiguide.synth.observers import simulate_observations

@@ -29,7 +29,6 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import html
-import json
 import logging
 import math
 from pathlib import Path

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -40,8 +42,9 @@ from typing import Any, Mapping, Optional, Union
 import numpy as np
 
 from hoiguide.apps.outputs import OUTPUT_FILES as DRAWN_FILES
-from hoiguide.apps.score import METRICS, backbone_name, finite, reconstruct_and_score, scene_seed
-from hoiguide.io import failure_record, write_json
+from hoiguide.apps.score import METRICS, reconstruct_and_score, scene_seed
+from hoiguide.apps.score import backbone_name as name_of_backbone
+from hoiguide.io import check_output_folder, commit_folder, failure_record, write_json
 from hoiguide.phases import DEFAULT_SCHEDULE
 
 __all__ = ["run_demo", "default_backbone", "headline", "DEMO_OBJECT", "RESULT_KEYS",
@@ -63,6 +66,10 @@ RESULT_KEYS = ("status", "cd_cm2", "f5", "f10", "iv_cm3", "seconds")
 OUTPUT_FILES = DRAWN_FILES + ("result.json",)
 """Files :func:`run_demo` may write at the top of ``out`` (stale copies from an earlier run
 are removed first, so ``files`` in ``result.json`` lists exactly what this run wrote)."""
+
+RESULT_KIND = "hoiguide-demo"
+"""``result.json["kind"]`` of :func:`run_demo`: a folder holding it (and only demo files) may be
+replaced by a new run; any other non-empty folder is refused."""
 
 TURNTABLE_TILE = 160
 """Side in pixels of each view in ``turntable.png``."""
@@ -102,6 +109,8 @@ def _check_inputs(preset: Any, seed: Any, noise: Any, image_size: Any, options: 
 
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"run_demo: expected seed to be an integer, got {seed!r}")
+    if seed < 0:
+        raise ValueError(f"run_demo: expected seed >= 0, got {seed}")
     if isinstance(image_size, bool) or int(image_size) != image_size or image_size < 32:
         raise ValueError(f"run_demo: expected image_size >= 32 pixels, got {image_size!r}")
     for name, v, lo in (("num_samples", num_samples, 1), ("turntable_views", turntable_views, 1),
@@ -143,13 +152,6 @@ def _make_scene(seed: int, image_size: int) -> Any:
             last = exc
     assert last is not None
     raise last
-
-
-def _clear_previous(out: Path) -> None:
-    for name in OUTPUT_FILES:
-        p = out / name
-        if p.is_file():
-            p.unlink()
 
 
 def run_demo(out: Union[str, Path] = "out/demo", *, preset: Any = DEMO_PRESET, seed: int = 0,
@@ -228,6 +230,7 @@ def run_demo(out: Union[str, Path] = "out/demo", *, preset: Any = DEMO_PRESET, s
             scene_path = Path(scene).expanduser()
             if not scene_path.is_dir():
                 raise FileNotFoundError(f"run_demo: no such scene folder: {scene_path}")
+            scene_obj = _load_scene(scene_path)   # a broken scene fails before anything is written
         else:
             raise TypeError(f"run_demo: expected scene to be a Scene, a folder or None, got "
                             f"{type(scene).__name__}")
@@ -246,11 +249,24 @@ def run_demo(out: Union[str, Path] = "out/demo", *, preset: Any = DEMO_PRESET, s
         from hoiguide.backbones import check_backbone
 
         check_backbone(backbone)
-        bname = backbone_name or backbone_name(backbone)
+        bname = backbone_name or name_of_backbone(backbone)
     lap("backbone", t)
-    out = Path(out).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
-    _clear_previous(out)
+    final = check_output_folder(out, RESULT_KIND, OUTPUT_FILES + ("scene",))
+    final.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
+    try:
+        return _run(out, final, t_start, parts, lap, sched, opts, scene_obj, scene_path,
+                    backbone, bname, seed, noise, image_size, num_samples, progress,
+                    turntable_views, tile)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)   # gone after the commit; a crash leaves nothing
+
+
+def _run(out: Path, final: Path, t_start: float, parts: dict[str, float], lap: Any,
+         sched: Any, opts: Any, scene_obj: Any, scene_path: Optional[Path], backbone: Any,
+         bname: str, seed: int, noise: Any, image_size: int, num_samples: int,
+         progress: bool, turntable_views: int, tile: int) -> dict[str, Any]:
+    """The demo's work in the temporary folder ``out``, committed to ``final`` at the end."""
 
     result: dict[str, Any] = {"status": "failed", "phase": None, "reason": None,
                               "reconstruction_status": None}
@@ -264,14 +280,15 @@ def run_demo(out: Union[str, Path] = "out/demo", *, preset: Any = DEMO_PRESET, s
         # ---- scene ----------------------------------------------------------------------
         t = time.perf_counter()
         generated = scene_obj is None and scene_path is None
-        if scene_path is not None:
+        if scene_obj is None and scene_path is not None:
             log.info("demo [1/5] loading the scene %s", scene_path)
             scene_obj = _load_scene(scene_path)
         elif generated:
             log.info("demo [1/5] making a synthetic scene (%s, seed %d, %d px)", DEMO_OBJECT,
                      seed, image_size)
             scene_obj = _make_scene(int(seed), int(image_size))
-            scene_path = scene_obj.save(out / "scene")
+            scene_obj.save(out / "scene")
+            scene_path = final / "scene"
         else:
             log.info("demo [1/5] scene %s given", scene_obj.scene_id)
         result["scene"] = {"id": scene_obj.scene_id, "object_source": scene_obj.object_source,
@@ -302,6 +319,7 @@ def run_demo(out: Union[str, Path] = "out/demo", *, preset: Any = DEMO_PRESET, s
         result["seconds_reconstruct"] = scored["seconds_reconstruct"]
         summary = rec.summary()
         summary.pop("status", None)
+        summary.pop("seed", None)          # the run's seed; the flow's is scene_seed
         result.update(summary)
         result["reconstruction_status"] = rec.status
         stage = "metrics"
@@ -340,7 +358,10 @@ def run_demo(out: Union[str, Path] = "out/demo", *, preset: Any = DEMO_PRESET, s
     if result["scene"] and result["scene"]["generated"] and (out / "scene").is_dir():
         written.append("scene/")
     result["files"] = written
+    result["kind"] = RESULT_KIND
     write_json(out / "result.json", result)
+    commit_folder(out, final)
+    out = final
     if result["status"] == "ok":
         log.info("demo: ok in %.1f s: CD %.3f cm^2, F5 %.3f, F10 %.3f, IV %.2f cm^3; wrote %s",
                  result["seconds"], result["cd_cm2"], result["f5"], result["f10"],

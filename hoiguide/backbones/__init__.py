@@ -7,6 +7,7 @@ from hoiguide._lazy import lazy_exports
 _EXPORTS = {
     'FlowBackbone': 'base',
     'HunyuanBackbone': 'hunyuan',
+    'CheckpointError': 'hunyuan',
     'HunyuanCondition': 'hunyuan',
     'CheckpointNotFoundError': 'hunyuan',
     'check_backbone': 'base',

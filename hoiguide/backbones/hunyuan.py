@@ -307,8 +307,8 @@ def _resolve_target(section: str, target: Any, source: str) -> type:
 
     Nothing named by the config is imported or called: the module part must be a module of
     ``hy3dgen.shapegen`` that is already loaded (:func:`import_hy3dgen` and the allow-list's
-    own modules), and the attribute
-    must be one of :data:`_ALLOWED_TARGETS` ``[section]`` (by identity, so re-exports work).
+    own modules), and the attribute must be one of :data:`_ALLOWED_TARGETS` ``[section]`` (by
+    identity, so re-exports work).
 
     Raises:
         CheckpointError: naming the entry, the file and what is allowed.
@@ -346,7 +346,12 @@ def _instantiate(section: str, cfg: Mapping[str, Any], source: str) -> Any:
     without the arbitrary import: hy3dgen 2.0.2 does not nest targets, the params are data)."""
     cls = _resolve_target(section, cfg[section]["target"], source)
     params = dict(cfg[section].get("params") or {})
-    return cls(**params)
+    try:
+        return cls(**params)
+    except (TypeError, ValueError, KeyError) as exc:  # params that do not fit the class
+        raise CheckpointError(f"{source}: {section}.params do not fit {cls.__name__} "
+                              f"({_first_line(exc)})",
+                              None if source == "config" else source) from exc
 
 
 def _first_line(exc: BaseException) -> str:

@@ -23,7 +23,9 @@ import argparse
 import logging
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
+
+from hoiguide.cli.common import UsageError, first_line, parse_option, seed_arg
 
 __all__ = ["register", "run"]
 
@@ -53,11 +55,12 @@ EPILOG = """examples:
 """
 
 
-def register(subparsers: Any) -> argparse.ArgumentParser:
+def register(subparsers: Any, parents: Sequence[argparse.ArgumentParser] = ()
+             ) -> argparse.ArgumentParser:
     """Add ``eval`` to an ``argparse`` subparsers object (its ``func`` default is
     :func:`run`); returns the sub-parser."""
     s = subparsers.add_parser("eval", help="evaluate on DexYCB, HO-3D, OakInk or ARCTIC",
-                              description=DESCRIPTION, epilog=EPILOG,
+                              description=DESCRIPTION, epilog=EPILOG, parents=list(parents),
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("--dataset", required=True, choices=("dexycb", "ho3d", "oakink", "arctic"),
                    help="the benchmark")
@@ -70,7 +73,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                         "reference's test_splits/*.csv); default: every annotated frame")
     s.add_argument("--limit", type=int, default=None, metavar="N",
                    help="at most N frames (without --split: N random frames, see --seed)")
-    s.add_argument("--seed", type=int, default=0,
+    s.add_argument("--seed", type=seed_arg, default=0,
                    help="seed of the random selection, the flow noise and the metric "
                         "sampling (default 0)")
     s.add_argument("--order", choices=("auto", "first", "random"), default="auto",
@@ -112,16 +115,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     return s
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def run(args: argparse.Namespace) -> int:
     """Run ``hoiguide eval`` (exit codes in the module docstring)."""
     from hoiguide.adapters.models import ModelLoadError, ModelsConfigError
     from hoiguide.apps.evaluate import EvalError, format_tables, run_evaluation
-    from hoiguide.cli import UsageError, _parse_option
     from hoiguide.datasets import DatasetError
     from hoiguide.phases import ScheduleError
 
@@ -142,12 +139,12 @@ def run(args: argparse.Namespace) -> int:
         dataset_options = {}
         for o in args.dataset_option:
             try:
-                k, v = _parse_option(o)
+                k, v = parse_option(o)
             except UsageError:
                 raise UsageError(f"--dataset-option: expected KEY=VALUE, got {o!r}") from None
             dataset_options[k] = v
-        options = dict(_parse_option(o) for o in args.option)
-        pipeline_options = dict(_parse_option(o) for o in args.pipeline_option)
+        options = dict(parse_option(o) for o in args.option)
+        pipeline_options = dict(parse_option(o) for o in args.pipeline_option)
         if not Path(args.mano).expanduser().is_dir():
             raise UsageError(f"--mano: no such folder {args.mano} (the folder with "
                              f"MANO_RIGHT.pkl and MANO_LEFT.pkl)")
@@ -165,13 +162,13 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite, progress=not getattr(args, "quiet", False),
             command=command)
     except (UsageError, DatasetError, EvalError, ScheduleError, ModelsConfigError) as exc:
-        log.error("%s", _first_line(exc))
+        log.error("%s", first_line(exc))
         return 2
     except (ModelLoadError, ImportError) as exc:
         log.error("%s", str(exc).strip())
         return 2
     except (ValueError, TypeError, FileNotFoundError) as exc:   # options, backbone files
-        log.error("%s", _first_line(exc))
+        log.error("%s", first_line(exc))
         return 2
     print(format_tables(summary, stat="mean"), end="")
     failed = summary["n"] - summary["n_ok"]

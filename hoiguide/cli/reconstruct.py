@@ -12,19 +12,21 @@ Exit codes: 0 the reconstruction succeeded; 1 it failed (``DIR/result.json`` hol
 arguments, an unreadable or too large image, an invalid models file, a model that cannot be
 loaded, an output folder holding other files): nothing is written.
 
-``add_reconstruct_parser(subparsers)`` adds the subcommand to the ``hoiguide`` parser;
-``main(argv)`` runs it on its own (``python -m hoiguide.cli.reconstruct``).
+``register(subparsers, parents)`` adds the subcommand to the ``hoiguide`` parser.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
-__all__ = ["add_reconstruct_parser", "cmd_reconstruct", "main"]
+from hoiguide.cli.common import (Formatter, UsageError, backbone_arg, first_line,
+                                 guidance_options, output_folder, parse_option, seed_arg)
+from hoiguide.phases import DEFAULT_SCHEDULE
+
+__all__ = ["register", "run"]
 
 log = logging.getLogger("hoiguide")
 
@@ -46,19 +48,28 @@ MODELS_HELP = (
     "from the local cache). Default: default")
 
 
-def add_reconstruct_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``reconstruct`` to an ``argparse`` subparsers object; returns its parser (its
-    ``func`` default is :func:`cmd_reconstruct`)."""
+EXAMPLES = """examples:
+  hoiguide reconstruct photo.jpg --out out/photo --models models.yaml
+  hoiguide reconstruct photo.jpg --out out/photo --models offline --object-name mug
+  hoiguide reconstruct left.jpg --left-hand --intrinsics 1500,1500,960,540 --out out/left
+"""
+
+
+def register(subparsers: Any, parents: Sequence[argparse.ArgumentParser] = ()
+             ) -> argparse.ArgumentParser:
+    """Add ``reconstruct`` to an ``argparse`` subparsers object (``parents``: shared flags);
+    returns its parser (its ``func`` default is :func:`run`)."""
     s = subparsers.add_parser("reconstruct", help="reconstruct hand and object from one photo",
-                              description=DESCRIPTION)
+                              description=DESCRIPTION, parents=list(parents), epilog=EXAMPLES,
+                              formatter_class=Formatter)
     s.add_argument("image", help="the photo (PNG, JPEG, ...; at most 40 megapixels)")
     s.add_argument("--out", required=True, help="output folder (new, empty, or an earlier "
                                                 "'hoiguide reconstruct' output, replaced)")
     s.add_argument("--models", default="default", metavar="FILE.yaml", help=MODELS_HELP)
-    s.add_argument("--preset", default="fast",
-                   help="phase schedule: preset name (fast, followmyhold, ...) or YAML path "
-                        "(default: fast)")
-    s.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    s.add_argument("--preset", default=DEFAULT_SCHEDULE,
+                   help=f"phase schedule: preset name (fast, followmyhold, ...) or YAML path "
+                        f"(default: {DEFAULT_SCHEDULE})")
+    s.add_argument("--seed", type=seed_arg, default=0, help="noise seed (default 0)")
     s.add_argument("--object-name", default="object",
                    help="what the hand holds, in words (detection and inpainting prompt; "
                         "default: object)")
@@ -79,13 +90,11 @@ def add_reconstruct_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="image-chain option (PipelineOptions field), e.g. crop_size=384; "
                         "repeatable")
     s.add_argument("--no-pictures", action="store_true", help="skip the PNG pictures")
-    s.set_defaults(func=cmd_reconstruct)
+    s.set_defaults(func=run)
     return s
 
 
 def _intrinsics(text: Optional[str]) -> Optional[tuple[float, ...]]:
-    from hoiguide.cli import UsageError
-
     if text is None:
         return None
     try:
@@ -99,34 +108,27 @@ def _intrinsics(text: Optional[str]) -> Optional[tuple[float, ...]]:
     return vals
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def cmd_reconstruct(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run ``hoiguide reconstruct`` (see the module docstring for the exit codes)."""
     from hoiguide.adapters.models import ModelLoadError, Models, ModelsConfigError
     from hoiguide.adapters.pipeline import ImageError, PipelineOptions
-    from hoiguide.apps.photo import reconstruct_image
-    from hoiguide.cli import UsageError, _parse_option, load_backbone
-    from hoiguide.guidance.engine import GuidanceOptions
+    from hoiguide.apps.photo import OUTPUT_FILES, RESULT_KIND, reconstruct_image
     from hoiguide.phases import ScheduleError, load_schedule
 
     quiet = bool(getattr(args, "quiet", False))
     try:
-        options = dict(_parse_option(o) for o in args.option)
-        pipeline_options = dict(_parse_option(o) for o in args.pipeline_option)
+        pipeline_options = dict(parse_option(o) for o in args.pipeline_option)
         intrinsics = _intrinsics(args.intrinsics)
         image = Path(args.image).expanduser()
+        if image.is_dir():
+            raise UsageError(f"{image}: is a folder, not an image file (give one photo; "
+                             f"'hoiguide batch FOLDER' takes a folder)")
         if not image.is_file():
             raise UsageError(f"no such image file: {image}")
+        output_folder(args.out, RESULT_KIND, OUTPUT_FILES)
         # the cheap checks first, then the models
         load_schedule(args.preset)
-        try:
-            GuidanceOptions.coerce(options)
-        except ValueError as exc:
-            raise UsageError(f"--option: {_first_line(exc)}") from None
+        options = guidance_options(args.option)
         spec = args.models
         if spec in (None, "default"):
             models = Models.default()
@@ -138,13 +140,13 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         try:
             PipelineOptions.coerce(merged or None)
         except (TypeError, ValueError) as exc:
-            raise UsageError(f"--pipeline-option: {_first_line(exc)}") from None
+            raise UsageError(f"--pipeline-option: {first_line(exc)}") from None
         if args.device is not None:
             models = models.with_device(args.device)
         if args.backbone is not None:
-            models = models.replace(backbone=load_backbone(args.backbone, args.device))
+            models = models.replace(backbone=backbone_arg(args.backbone, args.device))
     except (UsageError, ModelsConfigError, ScheduleError, FileNotFoundError) as exc:
-        log.error("%s", _first_line(exc))
+        log.error("%s", first_line(exc))
         return 2
     except (ModelLoadError, ImportError) as exc:     # a --backbone that cannot be loaded
         log.error("%s", str(exc).strip())
@@ -161,7 +163,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
                   "for the format, or --models offline)")
         return 2
     except (ImageError, FileNotFoundError, FileExistsError, ValueError, TypeError) as exc:
-        log.error("%s", _first_line(exc))
+        log.error("%s", first_line(exc))
         return 2
     out = Path(args.out)
     status = result.get("status")
@@ -177,25 +179,3 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
           f"{result.get('reason')})")
     print(f"wrote {out}/result.json")
     return 1
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    """``hoiguide reconstruct`` on its own: ``main(["photo.jpg", "--out", "out/"])`` (a leading
-    ``"reconstruct"`` is optional)."""
-    p = argparse.ArgumentParser(prog="hoiguide")
-    sub = p.add_subparsers(dest="command", required=True)
-    s = add_reconstruct_parser(sub)
-    s.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    s.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list[:1] != ["reconstruct"]:
-        args_list = ["reconstruct", *args_list]
-    args = p.parse_args(args_list)
-    args.argv = args_list
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -59,8 +59,8 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-from hoiguide.datasets.base import Dataset, DatasetError, Sample, camera_from_opencv, \
-    read_npy, read_rgb
+from hoiguide.datasets.base import (Dataset, DatasetError, Sample, camera_from_opencv,
+                                    read_npy, read_rgb)
 from hoiguide.datasets.meshes import load_object_mesh
 from hoiguide.datasets.splits import path_tail
 from hoiguide.types import Camera, Mesh

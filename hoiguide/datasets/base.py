@@ -12,8 +12,6 @@ integer coordinates), so loaders add 0.5 to their principal points and 2D keypoi
 
 from __future__ import annotations
 
-import _codecs
-import io
 import logging
 import pickle
 from dataclasses import dataclass, field
@@ -23,6 +21,7 @@ from typing import Any, ClassVar, Iterator, Mapping, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from hoiguide.io import RestrictedUnpickler, load_image, read_numpy_pickle
 from hoiguide.types import Camera, Mesh
 
 __all__ = ["Sample", "Dataset", "DatasetError", "Selected", "camera_from_opencv",
@@ -124,33 +123,6 @@ def camera_from_opencv(K: Any, width: int, height: int) -> Camera:
                   int(width), int(height))
 
 
-def _allowed_numpy_globals() -> dict[tuple[str, str], Any]:
-    from hoiguide.hands.mano import _numpy_globals  # the numpy reconstruction paths
-
-    out = dict(_numpy_globals())
-    out[("_codecs", "encode")] = _codecs.encode
-    return out
-
-
-class _NumpyUnpickler(pickle.Unpickler):
-    """Resolves only numpy's array / dtype / scalar reconstruction functions (and
-    ``_codecs.encode``, which protocol-2 pickles use for bytes): plain containers, numbers,
-    strings and numpy arrays load; any other global raises, so no code can run."""
-
-    def __init__(self, file: Any, what: str) -> None:
-        super().__init__(file, encoding="latin1")
-        self._allowed = _allowed_numpy_globals()
-        self._what = what
-
-    def find_class(self, module: str, name: str) -> Any:
-        key = (module, name)
-        if key in self._allowed:
-            return self._allowed[key]
-        raise pickle.UnpicklingError(
-            f"{self._what}: refusing to load the global '{module}.{name}': only numpy arrays, "
-            f"numbers, strings, lists and dicts are read from dataset files")
-
-
 def read_pickle(path: PathLike) -> Any:
     """Read a pickle that holds only numpy arrays and plain Python data (HO3D ``meta/*.pkl``,
     OakInk ``anno/*/*.pkl``) without running code from it.
@@ -160,15 +132,7 @@ def read_pickle(path: PathLike) -> Any:
         pickle.UnpicklingError: the file references anything outside numpy's reconstruction
             functions (the message names it), or is not a pickle.
     """
-    p = Path(path)
-    data = p.read_bytes()
-    try:
-        return _NumpyUnpickler(io.BytesIO(data), str(p)).load()
-    except pickle.UnpicklingError:
-        raise
-    except Exception as exc:  # noqa: BLE001 -- truncated / not a pickle
-        raise pickle.UnpicklingError(f"{p}: not a readable pickle ({type(exc).__name__}: "
-                                     f"{exc})") from None
+    return read_numpy_pickle(path)
 
 
 def read_npy(path: PathLike) -> Any:
@@ -196,7 +160,7 @@ def read_npy(path: PathLike) -> Any:
         if not dtype.hasobject:
             f.seek(0)
             return np.load(f, allow_pickle=False)
-        arr = _NumpyUnpickler(f, str(p)).load()
+        arr = RestrictedUnpickler(f, str(p)).load()
     if isinstance(arr, np.ndarray) and arr.dtype.hasobject and arr.shape == ():
         return arr.item()
     return arr
@@ -204,8 +168,6 @@ def read_npy(path: PathLike) -> Any:
 
 def read_rgb(path: PathLike) -> np.ndarray:
     """An image file as ``(H, W, 3)`` uint8 RGB (:func:`hoiguide.io.load_image`)."""
-    from hoiguide.io import load_image
-
     img, _ = load_image(Path(path), max_megapixels=60.0)
     return img
 

@@ -40,9 +40,10 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 
-from hoiguide.datasets.base import Dataset, DatasetError, Sample, camera_from_opencv, \
-    read_pickle, read_rgb
+from hoiguide.datasets.base import (Dataset, DatasetError, Sample, camera_from_opencv,
+                                    read_pickle, read_rgb)
 from hoiguide.datasets.meshes import load_object_mesh, posed_mesh
 from hoiguide.datasets.splits import path_tail
 from hoiguide.types import Mesh
@@ -172,8 +173,6 @@ class OakInk(Dataset):
                 raise self.error(f"{self.image_dir / 'anno' / 'hand_v' / key}.pkl: the hand is "
                                  f"{diag:.3g} units across; expected metres")
             obj = posed_mesh(canon, T[:3, :3], T[:3, 3])
-            from scipy.spatial import cKDTree
-
             gap = float(cKDTree(obj.vertices.numpy()).query(verts)[0].min())
             if best is None or gap < best[0]:
                 best = (gap, key, hand_idx, K, verts, joints, obj)

@@ -75,7 +75,8 @@ def hand_alignment(pred_hand: Mesh, gt_hand: Mesh, *, num_samples: int = 10000,
         return fit_similarity(pred_hand.vertices.detach(), gt_hand.vertices.detach())
     log.debug("%s: vertex counts differ (%d vs %d): ICP", fn, pred_hand.num_vertices,
               gt_hand.num_vertices)
-    kw = {"num_samples": num_samples, "seed": seed}
+    kw = {"num_samples": num_samples, "seed": seed,
+          "correspondences": "source_to_target"}  # two complete hands: the reference's
     kw.update(icp_kwargs or {})
     kw.pop("return_info", None)
     return icp(pred_hand, gt_hand, **kw)

@@ -17,9 +17,11 @@ Correspondence direction matters more than any of these: the reference (and open
 SOURCE point to its nearest target point, which is right when the source is part of the
 target (hand mesh -> hand-object mesh, step 7b) but biased when the target is a one-sided
 view of a complete source (generated mesh -> partial point cloud, step 7a: about 20 % scale
-and 2-3 cm errors in our tests), because the unseen half of the source has no partner. Pass
-``correspondences="target_to_source"`` there (errors below 1 degree, 1.5 % and 1.5 mm in the
-same tests).
+and 2-3 cm errors in our tests), because the unseen half of the source has no partner;
+``"target_to_source"`` is right there (errors below 1 degree, 1.5 % and 1.5 mm in the same
+tests). :func:`icp`'s default, ``correspondences="auto"``, runs both and keeps the one whose
+matched side is covered by the other set (see :func:`icp`); the reference's behaviour is
+``correspondences="source_to_target"``.
 """
 
 from __future__ import annotations
@@ -47,6 +49,16 @@ Geometry = Union[Mesh, np.ndarray, torch.Tensor, Sequence]
 
 _BACKENDS = ("auto", "scipy", "open3d")
 _CORRESPONDENCES = ("source_to_target", "target_to_source")
+_ICP_CORRESPONDENCES = ("auto",) + _CORRESPONDENCES
+
+AUTO_COVERAGE_MARGIN = 0.05
+"""``correspondences="auto"`` picks ``"target_to_source"`` only when its matched side (the
+target) is covered by more than this fraction more than the reference direction's matched side
+(the source) is: ties, e.g. two complete shapes, keep the reference's direction."""
+
+AUTO_COVERAGE_SPACINGS = 3.0
+"""Coverage tolerance of ``correspondences="auto"``, in median nearest-neighbour spacings of
+the target points: a point is covered when the other set has a point within it."""
 
 
 # --------------------------------------------------------------------------------------
@@ -252,7 +264,7 @@ class IcpInfo:
             coarse pass.
         best_iteration: index into ``fine_costs`` of the returned transform.
         backend: ``"scipy"`` or ``"open3d"``.
-        correspondences: the correspondence direction used.
+        correspondences: the correspondence direction used (the chosen one for ``"auto"``).
         converged: ``(coarse, fine)``: whether each pass met its stopping test (unchanged
             correspondences or cost change below ``tol``) before its iteration limit; a
             skipped pass (0 iterations) reports True.
@@ -260,6 +272,9 @@ class IcpInfo:
         num_source_points, num_target_points: point counts of the fine pass.
         init: the starting similarity.
         seconds: wall time of the call.
+        coverage: for ``correspondences="auto"``, the coverage score of each direction's
+            result (``{"source_to_target": ..., "target_to_source": ..., "tolerance": ...}``,
+            tolerance in target units); ``None`` otherwise.
     """
 
     cost: float
@@ -275,6 +290,7 @@ class IcpInfo:
     num_target_points: int
     init: Similarity
     seconds: float = 0.0
+    coverage: dict[str, float] | None = None
 
     @property
     def rmse(self) -> float:
@@ -600,7 +616,7 @@ def _subsample(x: np.ndarray, n: int, seed: int) -> np.ndarray:
 def icp(source: Geometry, target: Geometry, *, init: Similarity | None = None,
         backend: str = "auto", iterations: tuple[int, int] = (50, 100), trim: float = 0.2,
         scale_range: tuple[float, float] | None = (0.7, 3.0),
-        correspondences: str = "source_to_target", num_samples: int = 10000,
+        correspondences: str = "auto", num_samples: int = 10000,
         coarse_points: int | None = 2000, tol: float = 1e-6, accelerate: bool = True,
         seed: int = 0, return_info: bool = False) -> Similarity | tuple[Similarity, IcpInfo]:
     """Trimmed point-to-point ICP with scale: the similarity mapping SOURCE onto TARGET.
@@ -646,10 +662,19 @@ def icp(source: Geometry, target: Geometry, *, init: Similarity | None = None,
         scale_range: ``(lo, hi)`` bounds of ``s / s_init``, or ``None``.
         correspondences: ``"source_to_target"`` (the reference's and open3d's: every source
             point is matched to its nearest target point; right when the source is a part of
-            the target, e.g. hand mesh -> hand-object mesh) or ``"target_to_source"`` (every
+            the target, e.g. hand mesh -> hand-object mesh), ``"target_to_source"`` (every
             target point is matched to its nearest transformed source point; right when the
             target is a partial view of the source, e.g. a complete generated mesh -> a
-            one-sided point cloud, where source points on the unseen side have no partner).
+            one-sided point cloud, where source points on the unseen side have no partner), or
+            ``"auto"`` (default): both are run from the same start, and each result's MATCHED
+            side is scored by its coverage, the fraction of its points with a point of the
+            other set within :data:`AUTO_COVERAGE_SPACINGS` median target spacings (the source
+            for ``"source_to_target"``, the target for ``"target_to_source"``): a partial
+            target lies entirely on a well-placed complete source while half of that source is
+            unseen. ``"target_to_source"`` is kept when its coverage exceeds the other's by
+            more than :data:`AUTO_COVERAGE_MARGIN`, else the reference's direction (two
+            complete shapes, a part inside a whole). Costs two ICP runs;
+            :attr:`IcpInfo.coverage` has both scores. Pass a direction when you know it.
         num_samples: surface samples per mesh input.
         coarse_points: size of the random subset of the matched side (source for
             source_to_target, target for target_to_source) used by the coarse pass;
@@ -670,8 +695,8 @@ def icp(source: Geometry, target: Geometry, *, init: Similarity | None = None,
     t0 = time.perf_counter()
     if backend not in _BACKENDS:
         raise ValueError(f"{fn}: backend must be one of {_BACKENDS}, got {backend!r}")
-    if correspondences not in _CORRESPONDENCES:
-        raise ValueError(f"{fn}: correspondences must be one of {_CORRESPONDENCES}, got "
+    if correspondences not in _ICP_CORRESPONDENCES:
+        raise ValueError(f"{fn}: correspondences must be one of {_ICP_CORRESPONDENCES}, got "
                          f"{correspondences!r}")
     try:
         n_coarse, n_fine = (int(v) for v in iterations)
@@ -712,37 +737,72 @@ def icp(source: Geometry, target: Geometry, *, init: Similarity | None = None,
     if scale_range is not None:
         bounds = (lo * s, hi * s)
 
-    def make(Pp, Qq):
+    def make(Pp, Qq, direction):
         if used_backend == "open3d":
-            return _Open3dPass(Pp, Qq, correspondences, float(trim), o3d)
-        return _ScipyPass(Pp, Qq, correspondences, float(trim))
+            return _Open3dPass(Pp, Qq, direction, float(trim), o3d)
+        return _ScipyPass(Pp, Qq, direction, float(trim))
 
-    log.debug("icp: backend %s, %s, %d source / %d target points, start scale %.4g",
-              used_backend, correspondences, len(P), len(Q), s)
-    clamped = False
-    coarse_costs: list[float] = []
-    n_c = 0
-    conv_c = True
-    if n_coarse > 0:
-        if correspondences == "source_to_target":
-            Pc, Qc = _subsample(P, coarse_points, seed + 2), Q
-        else:
-            Pc, Qc = P, _subsample(Q, coarse_points, seed + 2)
-        (s, R, t), _, _, coarse_costs, n_c, conv_c, cl = _run_pass(
-            make(Pc, Qc), s, R, t, n_coarse, bounds, tol, "coarse", accelerate)
+    def run(direction: str) -> tuple[Similarity, IcpInfo]:
+        s, R, t = _sim_numpy(T0)
+        log.debug("icp: backend %s, %s, %d source / %d target points, start scale %.4g",
+                  used_backend, direction, len(P), len(Q), s)
+        clamped = False
+        coarse_costs: list[float] = []
+        n_c = 0
+        conv_c = True
+        if n_coarse > 0:
+            if direction == "source_to_target":
+                Pc, Qc = _subsample(P, coarse_points, seed + 2), Q
+            else:
+                Pc, Qc = P, _subsample(Q, coarse_points, seed + 2)
+            (s, R, t), _, _, coarse_costs, n_c, conv_c, cl = _run_pass(
+                make(Pc, Qc, direction), s, R, t, n_coarse, bounds, tol, "coarse", accelerate)
+            clamped |= cl
+        (s, R, t), cost, best_k, fine_costs, n_f, conv_f, cl = _run_pass(
+            make(P, Q, direction), s, R, t, n_fine, bounds, tol, "fine", accelerate)
         clamped |= cl
-    (s, R, t), cost, best_k, fine_costs, n_f, conv_f, cl = _run_pass(
-        make(P, Q), s, R, t, n_fine, bounds, tol, "fine", accelerate)
-    clamped |= cl
-    result = _similarity(s, R, t)
-    seconds = time.perf_counter() - t0
-    log.debug("icp: done in %.3f s, rmse %.4g, scale %.4g (x%.3f of start)", seconds,
-              math.sqrt(cost), s, s / float(T0.scale))
+        info = IcpInfo(cost=cost, iterations=(n_c, n_f), coarse_costs=coarse_costs,
+                       fine_costs=fine_costs, best_iteration=best_k, backend=used_backend,
+                       correspondences=direction, converged=(conv_c, conv_f),
+                       clamped=clamped, num_source_points=len(P), num_target_points=len(Q),
+                       init=T0)
+        return _similarity(s, R, t), info
+
+    if correspondences == "auto":
+        (T_st, info_st), (T_ts, info_ts) = run("source_to_target"), run("target_to_source")
+        cov = _auto_coverage(P, Q, T_st, T_ts)
+        pick_ts = cov["target_to_source"] > cov["source_to_target"] + AUTO_COVERAGE_MARGIN
+        result, info = (T_ts, info_ts) if pick_ts else (T_st, info_st)
+        info.coverage = cov
+        log.debug("icp auto: coverage %.3f (source_to_target) vs %.3f (target_to_source), "
+                  "tolerance %.3g: %s", cov["source_to_target"], cov["target_to_source"],
+                  cov["tolerance"], info.correspondences)
+    else:
+        result, info = run(correspondences)
+    info.seconds = time.perf_counter() - t0
+    log.debug("icp: done in %.3f s, rmse %.4g, scale %.4g (x%.3f of start)", info.seconds,
+              math.sqrt(info.cost), float(result.scale),
+              float(result.scale) / float(T0.scale))
     if not return_info:
         return result
-    info = IcpInfo(cost=cost, iterations=(n_c, n_f), coarse_costs=coarse_costs,
-                   fine_costs=fine_costs, best_iteration=best_k, backend=used_backend,
-                   correspondences=correspondences, converged=(conv_c, conv_f),
-                   clamped=clamped, num_source_points=len(P), num_target_points=len(Q),
-                   init=T0, seconds=seconds)
     return result, info
+
+
+def _auto_coverage(P: np.ndarray, Q: np.ndarray, T_st: Similarity, T_ts: Similarity
+                   ) -> dict[str, float]:
+    """Coverage of each direction's matched side under its own result (see :func:`icp`)."""
+    from scipy.spatial import cKDTree
+
+    tree_q = cKDTree(Q)
+    # median nearest-neighbour spacing of the target (k=2: the nearest point is itself)
+    sub = Q if len(Q) <= 4000 else Q[np.random.default_rng(0).choice(len(Q), 4000,
+                                                                      replace=False)]
+    spacing = float(np.median(tree_q.query(sub, k=2)[0][:, 1]))
+    if not spacing > 0:  # mostly duplicated points: fall back to 1/1000 of the target's box
+        spacing = 1e-3 * float(np.linalg.norm(Q.max(0) - Q.min(0)))
+    tau = AUTO_COVERAGE_SPACINGS * spacing
+    d_st, _ = tree_q.query(T_st.apply(P))
+    d_ts, _ = cKDTree(T_ts.apply(P)).query(Q)
+    return {"source_to_target": float(np.mean(np.asarray(d_st) <= tau)),
+            "target_to_source": float(np.mean(np.asarray(d_ts) <= tau)),
+            "tolerance": tau}

@@ -13,20 +13,27 @@ Levels. The target resolution ``R`` must be ``(R_0 - 1) 2^L + 1`` for a coarse r
 ``R_0`` (:func:`plan_levels`): 33 = 8 * 4 + 1, 65 = 8 * 8 + 1, 385 = 12 * 32 + 1. Level ``l``
 has ``R_l = (R_0 - 1) 2^l + 1`` points per axis and its points are the final grid's points
 with indices divisible by ``2^(L - l)``, so decoded values are reused, never re-decoded.
-A resolution with ``R - 1`` odd has no coarser level: it is decoded densely (logged).
+A resolution with ``R - 1`` odd (or below 17) has no coarser level and is decoded densely.
 
 Selection, per level ``l < L`` (spacing ``h_l``, values ``f`` relative to ``level``): a cell
 is a *candidate* when all 8 corners are decoded (every cell at level 0). A candidate cell is
 
 * *straddling* when its corners are not all on one side (``f < 0`` is inside);
 * *near* when a corner has ``|f| < tau_l``, ``tau_l = min(band h_l s, 0.9 S)``: ``s`` is the
-  field's largest slope seen so far (per cell, the norm of the largest corner difference along
-  each axis over the spacing; running maximum over levels), so for a distance-like field
-  ``|f| / s`` is a lower bound on the distance to the level set; ``S`` is the field's
+  field's largest slope seen so far (per cell, the norm of the trilinear interpolant's mean
+  gradient, i.e. the mean of the 4 edge differences along each axis over the spacing; the
+  maximum over the level's candidate cells, running maximum over levels), so for a
+  distance-like field ``|f| / s`` estimates the distance to the level set from below
+  (``band`` is that distance in cells); ``S`` is the field's
   saturation level (90th percentile of ``|f|`` on the coarse grid), so for a truncated or
   logit-like field (Hunyuan3D-2's decoder saturates near +-1) "near" means "a corner is not
   saturated";
 * *kept* when it is straddling or near, or within ``ceil(band)`` cells of a straddling cell.
+
+``last_band`` replaces ``band`` at the last refinement (level ``L - 1``): ``0`` there roughly
+halves the queries (the band of the finest refined level is the costly one) and keeps the
+guarantee below for every piece of surface detected at a coarser level; it can only lose
+isolated specks that touch no grid point of level ``L - 1`` (thinner than two final cells).
 
 Kept cells are split into 8 children, which are the candidates of level ``l + 1``. Before a
 level's selection, the candidate set *grows*: a straddling or near cell next to a cell that is
@@ -56,8 +63,10 @@ field's saturation distance ``d_s`` of it (Hunyuan3D-2-style fields: ``|f| < 0.9
 parts need a coarse spacing below about ``2 d_s / sqrt(3)`` (``coarse_resolution``). A piece
 that is detected anywhere is followed by the growth rules, however thin it is elsewhere.
 
-Gradients flow only through decoded points. Levels are decoded without gradient (they only
-decide where to look); when gradients are enabled, the endpoints of the final grid's
+Gradients flow only through decoded points. The coarse grid is queried in the caller's grad
+mode only to learn whether the query is differentiable; its values are detached, and the
+finer levels are decoded without gradient (they only decide where to look). When the query
+is differentiable and gradients are enabled, the endpoints of the final grid's
 sign-changing edges -- the only values the iso-surface's vertex positions depend on -- are
 queried once more with gradient and written into the grid, so the mesh's gradient w.r.t. the
 query's parameters equals the dense path's.
@@ -190,7 +199,7 @@ class _Decoder:
                 raise ValueError(f"sparse_grid: query must return a tensor of {p.shape[0]} "
                                  f"values for points of shape {tuple(p.shape)}, got "
                                  f"{getattr(v, 'shape', type(v).__name__)}")
-            v = v.reshape(-1)
+            v = v.reshape(-1).to(pts.device)
             if v.dtype in (torch.float16, torch.bfloat16):
                 v = v.float()
             if not v.is_floating_point():
@@ -288,13 +297,15 @@ def _classify(vals: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tenso
 
 
 def _slope(vals: torch.Tensor, spacing: np.ndarray) -> float:
-    """Largest per-cell gradient-norm estimate over ``(K, 8)`` corner values."""
+    """Largest per-cell gradient-norm estimate over ``(K, 8)`` corner values: per axis, the
+    mean of the cell's 4 edge differences over the spacing (the trilinear interpolant's
+    mean gradient, so a kink inside a cell, e.g. a sphere's centre, does not inflate it)."""
     if vals.shape[0] == 0:
         return 0.0
     comps = []
     for a in range(3):
-        d = torch.stack([(vals[:, j] - vals[:, i]).abs() for i, j in _AXIS_EDGES[a]], 1)
-        comps.append(d.max(1).values / float(spacing[a]))
+        d = torch.stack([vals[:, j] - vals[:, i] for i, j in _AXIS_EDGES[a]], 1)
+        comps.append(d.mean(1).abs() / float(spacing[a]))
     g = torch.stack(comps, 1).norm(dim=1)
     g = g[torch.isfinite(g)]
     return float(g.max()) if g.numel() else 0.0
@@ -321,36 +332,38 @@ def _straddling_cells(values: torch.Tensor, level: float) -> torch.Tensor:
     return any_in & ~all_in
 
 
-def _check_options(band: float, chunk_size: int | None) -> float:
+def _check_band(value: Any, name: str) -> float:
     try:
-        band = float(band)
+        band = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"band: expected a number of cells >= 0, got {band!r}") from None
+        raise ValueError(f"{name}: expected a number of cells >= 0, got {value!r}") from None
     if not math.isfinite(band) or band < 0:
-        raise ValueError(f"band: expected a number of cells >= 0, got {band}")
-    if chunk_size is not None and (isinstance(chunk_size, bool) or int(chunk_size) < 1):
-        raise ValueError(f"chunk_size: expected None or >= 1 points per query call, got "
-                         f"{chunk_size!r}")
+        raise ValueError(f"{name}: expected a number of cells >= 0, got {band}")
     return band
 
 
 def sparse_grid(query: QueryFn, bounds: float | ArrayLike, resolution: int, *,
-                level: float = 0.0, band: float = 1.0, coarse_resolution: int | None = None,
-                chunk_size: int | None = None, dtype: torch.dtype = torch.float32,
+                level: float = 0.0, band: float = 1.0, last_band: float | None = None,
+                coarse_resolution: int | None = None, chunk_size: int | None = None,
+                dtype: torch.dtype = torch.float32,
                 device: torch.device | str | None = None) -> SparseGrid:
     """Decode ``query`` on the narrow band of a ``resolution^3`` grid (module docstring).
 
     Args:
         query: ``points (N, 3) -> (N,)`` values, negative inside (``f < level``); points in
             the frame and units of ``bounds``, of ``dtype`` on ``device``. Differentiable
-            w.r.t. whatever parameters it closes over (a latent). Called with no gradient for
-            the levels and, if gradients are enabled, once more with gradient.
+            w.r.t. whatever parameters it closes over (a latent). Called on the coarse grid
+            in the caller's grad mode (to learn whether it is differentiable), on the finer
+            levels without gradient and, if it is differentiable and gradients are enabled,
+            once more with gradient on the endpoints of the sign-changing edges.
         bounds: a half-width ``b`` (the cube ``[-b, b]^3``) or ``(2, 3)`` [min, max] corners.
         resolution: target points per axis ``R`` (e.g. 33, 65, 385).
         level: the iso-level.
         band: safety margin in cells (>= 0): cells within ``ceil(band)`` cells of a
             straddling cell, or whose corner value is within ``band`` cells of the level by
             the slope estimate, are refined. ``0`` refines straddling cells only.
+        last_band: the margin at the last refinement (default ``band``; see the module
+            docstring for what ``0`` there costs and saves).
         coarse_resolution: points per axis of the coarsest level (see :func:`plan_levels`).
         chunk_size: points per ``query`` call (``None``: one call per batch of new points).
         dtype, device: of the query points.
@@ -363,7 +376,13 @@ def sparse_grid(query: QueryFn, bounds: float | ArrayLike, resolution: int, *,
         ValueError: bad ``band``, ``chunk_size``, ``resolution`` or ``coarse_resolution``, or a
             query returning the wrong number of values.
     """
-    band = _check_options(band, chunk_size)
+    band = _check_band(band, "band")
+    if last_band is not None:
+        last_band = _check_band(last_band, "last_band")
+    if chunk_size is not None and (not isinstance(chunk_size, (int, np.integer))
+                                   or isinstance(chunk_size, bool) or chunk_size < 1):
+        raise ValueError(f"chunk_size: expected None or an integer >= 1 (points per query "
+                         f"call), got {chunk_size!r}")
     level = float(level)
     if not math.isfinite(level):
         raise ValueError(f"level: expected a finite iso-level, got {level}")
@@ -374,6 +393,8 @@ def sparse_grid(query: QueryFn, bounds: float | ArrayLike, resolution: int, *,
     res = plan_levels(resolution, coarse_resolution)
     R = res[-1]
     L = len(res) - 1
+    if L == 0:
+        log.debug("sparse_grid: %d^3 has no coarser level; decoding it densely", R)
     dev = torch.device(device) if device is not None else torch.device("cpu")
     # the final grid's axes exactly as grid_points computes them
     axes = [grid_points(b, tuple(R if d == a else 2 for d in range(3)), dtype=dtype,
@@ -385,8 +406,11 @@ def sparse_grid(query: QueryFn, bounds: float | ArrayLike, resolution: int, *,
     R0, stride0 = res[0], 2 ** L
     r0 = torch.arange(R0, device=dev)
     coarse_idx = torch.stack(torch.meshgrid(r0, r0, r0, indexing="ij"), -1).reshape(-1, 3)
-    with torch.no_grad():
-        v0 = decode(coarse_idx * stride0)
+    # the coarse grid is queried in the caller's grad mode only to learn whether the query
+    # is differentiable (then the sign-changing edges are re-queried with gradient)
+    v0 = decode(coarse_idx * stride0)
+    needs_grad = v0.requires_grad
+    v0 = v0.detach()
     vdtype = v0.dtype
     values = v0.reshape(R0, R0, R0).to(vdtype)
     rel0 = (values - level).abs()
@@ -402,18 +426,15 @@ def sparse_grid(query: QueryFn, bounds: float | ArrayLike, resolution: int, *,
     cur.queries = R0 ** 3
     slope = 0.0
     info: list[dict[str, Any]] = []
-    r_band = int(math.ceil(band))
 
     for li in range(L):
         # ---- selection at level li, with growth ------------------------------------------
         h = float(cur.spacing.max())
         cells = cur.cand.nonzero()
         with torch.no_grad():
-            cv = cur.corner_values(cells) - level
-            st, _ = _classify(cv, 0.0)
-            slope = max(slope, _slope(cv[st], cur.spacing))
-            del cv, st
-        tau = min(band * h * slope, cap) if band > 0 else 0.0
+            slope = max(slope, _slope(cur.corner_values(cells) - level, cur.spacing))
+        b_l = band if (li < L - 1 or last_band is None) else last_band
+        tau = min(b_l * h * slope, cap) if b_l > 0 else 0.0
         signal = torch.zeros(cur.cells, dtype=torch.bool, device=dev)
         straddle_m = torch.zeros_like(signal)
         frontier = cells
@@ -427,7 +448,7 @@ def sparse_grid(query: QueryFn, bounds: float | ArrayLike, resolution: int, *,
             new = cur.add_cells(cur.neighbours(sig), decode)
             cur.grown += new.shape[0]
             frontier = new
-        kept_m = (signal | _dilate(straddle_m, r_band)) & cur.cand
+        kept_m = (signal | _dilate(straddle_m, int(math.ceil(b_l)))) & cur.cand
         kept = kept_m.nonzero()
         info.append({"resolution": cur.R, "candidate_cells": int(cur.cand.sum()),
                      "kept_cells": int(kept.shape[0]), "grown_cells": cur.grown,
@@ -472,7 +493,7 @@ def sparse_grid(query: QueryFn, bounds: float | ArrayLike, resolution: int, *,
                   [d["grown_cells"] for d in info], [d["resolution"] for d in info])
 
     # ---- gradient: re-query the endpoints of sign-changing edges --------------------------
-    if torch.is_grad_enabled():
+    if needs_grad and torch.is_grad_enabled():
         with torch.no_grad():
             inside = grid < level
             ends = torch.zeros_like(inside)
@@ -486,8 +507,7 @@ def sparse_grid(query: QueryFn, bounds: float | ArrayLike, resolution: int, *,
             del ends
         if idx.shape[0]:
             vals = decode(idx)
-            if vals.requires_grad:
-                grid = grid.index_put((idx[:, 0], idx[:, 1], idx[:, 2]), vals.to(vdtype))
+            grid = grid.index_put((idx[:, 0], idx[:, 1], idx[:, 2]), vals.to(vdtype))
     queries = decode.count
     log.debug("sparse_grid: %d^3 in %d levels, %d queries (dense %d, %.1fx fewer)", R, L + 1,
               queries, R ** 3, R ** 3 / max(queries, 1))

@@ -69,6 +69,16 @@ def _parameters(ctx: RunContext, groups: Sequence[str], x: torch.Tensor,
     return x_opt, v_opt, params
 
 
+def _values(p: Any) -> torch.Tensor:
+    """The tensor a parameter group optimises (one tensor per group)."""
+    if isinstance(p, torch.Tensor):
+        return p
+    ps = list(p)
+    if len(ps) != 1:
+        raise ValueError(f"keep_best: expected one tensor per parameter group, got {len(ps)}")
+    return ps[0]
+
+
 def _freeze(ctx: RunContext) -> None:
     for sim in (ctx.hand, ctx.object):
         for p in sim.parameters():
@@ -116,6 +126,7 @@ def optimise_phase(ctx: RunContext, phase: Any, terms: Sequence[Any], step: Opti
     last_obj: Optional[Mesh] = None
     last_vals: dict[str, float] = {}
     first_total = last_total = float("nan")
+    best: Optional[tuple[float, dict[str, torch.Tensor], Optional[Mesh], dict]] = None
     t_phase = time.perf_counter()
     ctx.progress.inner_start(phase.name, step, iters)
     for it in range(iters):
@@ -154,6 +165,9 @@ def optimise_phase(ctx: RunContext, phase: Any, terms: Sequence[Any], step: Opti
             ctx.nonfinite(f"loss term {label!r}", phase.name, step, it,
                           vals.get(label, float(total.detach())))
             continue
+        tot = float(total.detach())
+        if phase.keep_best and (best is None or tot < best[0]):
+            best = (tot, {k: _values(p).clone() for k, p in params.items()}, obj, vals)
         if total.requires_grad:
             with ctx.timings.part("backward"):
                 total.backward()
@@ -166,7 +180,6 @@ def optimise_phase(ctx: RunContext, phase: Any, terms: Sequence[Any], step: Opti
                 continue
             with ctx.timings.part("step"):
                 optimizer.step()
-        tot = float(total.detach())
         if it == 0 or not math.isfinite(first_total):
             first_total = tot
         last_total = tot
@@ -174,6 +187,15 @@ def optimise_phase(ctx: RunContext, phase: Any, terms: Sequence[Any], step: Opti
         ctx.history.add(HistoryRecord(step, phase.name, it, vals, tot))
         last_obj, last_vals = obj, vals
     ctx.progress.inner_end()
+    if best is not None:  # the best evaluated iterate (the last step's result is unevaluated)
+        with torch.no_grad():
+            for k, p in params.items():
+                _values(p).copy_(best[1][k])
+        last_obj, last_vals = best[2], best[3]
+        ctx.counters["kept_best"] = ctx.counters.get("kept_best", 0) + 1
+        log.debug("phase %r: kept the best iterate (loss %.4g; last evaluated %.4g)",
+                  phase.name, best[0], last_total)
+        last_total = best[0]
     _freeze(ctx)
     dt = time.perf_counter() - t_phase
     ctx.timings.phases[phase.name] += dt

@@ -72,9 +72,20 @@ class GuidanceOptions:
     def __post_init__(self) -> None:
         for name in ("num_steps", "grid_resolution", "final_resolution", "max_iterations"):
             v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or int(v) != v or int(v) < 1):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                  or int(v) != v or int(v) < 1):
                 raise ValueError(f"GuidanceOptions.{name}: expected a positive integer or None, "
                                  f"got {v!r}")
+        if not isinstance(self.edge_sigma, (int, float)) or isinstance(self.edge_sigma, bool):
+            raise ValueError(f"GuidanceOptions.edge_sigma: expected > 0 pixels, got "
+                             f"{self.edge_sigma!r}")
+        rs = self.render_size
+        if rs is not None and not (
+                (isinstance(rs, int) and not isinstance(rs, bool) and rs >= 8) or
+                (isinstance(rs, (tuple, list)) and len(rs) == 2 and
+                 all(isinstance(x, int) and not isinstance(x, bool) and x >= 8 for x in rs))):
+            raise ValueError(f"GuidanceOptions.render_size: expected an integer >= 8 or "
+                             f"(H, W), got {rs!r}")
         for name in ("grid_resolution", "final_resolution"):
             v = getattr(self, name)
             if v is not None and v < 2:

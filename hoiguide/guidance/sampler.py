@@ -126,7 +126,8 @@ def decode_grid(backbone: Any, latent: torch.Tensor, resolution: int | None = No
         resolution: grid points per axis (default ``backbone.default_resolution``).
         chunk_size: forwarded to ``decode_sdf`` (``sdf_query``) when the backbone accepts it.
         sparse: ``False`` (default) decodes every grid point. ``True`` or a dict of options
-            (``band``, ``coarse_resolution``: see :func:`hoiguide.geometry.sparse.sparse_grid`)
+            (``band``, ``last_band``, ``coarse_resolution``, ``level``: see
+            :func:`hoiguide.geometry.sparse.sparse_grid`)
             decodes only the narrow band around the surface, coarse to fine, through the
             backbone's ``sdf_query`` when it has one; points away from the band hold a
             constant of the right sign (no gradient), so ``extract_isosurface`` on the result
@@ -212,7 +213,7 @@ def latent_to_mesh(backbone: Any, latent: torch.Tensor, resolution: int | None =
     return mesh
 
 
-_SPARSE_KEYS = ("band", "coarse_resolution", "level")
+_SPARSE_KEYS = ("band", "last_band", "coarse_resolution", "level")
 
 
 def _sparse_options(sparse: bool | Mapping[str, Any]) -> dict[str, Any] | None:

@@ -32,6 +32,7 @@ import torch
 
 from hoiguide.hands.base import (HandModel, HandOutput, assemble_keypoints, kinematic_chain,
                                  skin, transforms_matrix)
+from hoiguide.io import RestrictedUnpickler, numpy_pickle_globals
 from hoiguide.rotations import axis_angle_to_matrix
 
 __all__ = ["load_mano_file", "ManoLayer", "MANO_TIP_IDS", "MANO_TIP_IDS_SMPLX"]
@@ -113,30 +114,10 @@ def _chumpy_class(name: str) -> type:
     return type(f"_Chumpy_{name}", (_ChumpyStandIn,), {"_chumpy_name": f"chumpy {name}"})
 
 
-def _numpy_globals() -> dict[tuple[str, str], Any]:
-    try:  # numpy >= 2
-        from numpy._core import multiarray as ma
-        from numpy._core import numeric as nu
-    except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core import multiarray as ma  # type: ignore[no-redef]
-        from numpy.core import numeric as nu  # type: ignore[no-redef]
-    out: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray,
-                                       ("numpy", "dtype"): np.dtype}
-    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        out[(mod, "_reconstruct")] = ma._reconstruct
-        out[(mod, "scalar")] = ma.scalar
-    if hasattr(nu, "_frombuffer"):
-        for mod in ("numpy.core.numeric", "numpy._core.numeric"):
-            out[(mod, "_frombuffer")] = nu._frombuffer
-    return out
-
-
 def _allowed_globals() -> dict[tuple[str, str], Any]:
-    import _codecs
     import copyreg
 
-    out = _numpy_globals()
-    out[("_codecs", "encode")] = _codecs.encode
+    out = numpy_pickle_globals()
     for mod in ("copyreg", "copy_reg"):
         out[(mod, "_reconstructor")] = copyreg._reconstructor
     for mod in ("builtins", "__builtin__"):
@@ -150,26 +131,23 @@ _SPARSE_NAMES = {"csc_matrix": "csc", "csr_matrix": "csr", "coo_matrix": "coo",
                  "csc_array": "csc", "csr_array": "csr", "coo_array": "coo"}
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Resolves only the globals a MANO file needs (see the module docstring)."""
+class _ManoUnpickler(RestrictedUnpickler):
+    """Resolves only the globals a MANO file needs (see the module docstring): numpy,
+    stand-ins for chumpy arrays and scipy.sparse matrices."""
+
+    refuse_hint = "a MANO file only needs numpy, scipy.sparse and chumpy arrays"
 
     def __init__(self, file: Any) -> None:
-        super().__init__(file, encoding="latin1")
-        self._allowed = _allowed_globals()
+        super().__init__(file, "load_mano_file", _allowed_globals())
 
-    def find_class(self, module: str, name: str) -> Any:
-        key = (module, name)
-        if key in self._allowed:
-            return self._allowed[key]
+    def extra_class(self, module: str, name: str) -> Any:
         if (module == "chumpy" or module.startswith("chumpy.")) and name.isidentifier() \
                 and not name.startswith("_"):
             return _chumpy_class(name)
         if (module == "scipy.sparse" or module.startswith("scipy.sparse.")) and \
                 name in _SPARSE_NAMES:
             return _sparse_class(_SPARSE_NAMES[name])
-        raise pickle.UnpicklingError(
-            f"load_mano_file: refusing to load the global '{module}.{name}': a MANO file "
-            f"only needs numpy, scipy.sparse and chumpy arrays")
+        return None
 
 
 def _convert(obj: Any) -> Any:
@@ -205,7 +183,7 @@ def load_mano_file(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise FileNotFoundError(f"load_mano_file: no file at {p}")
     raw = p.read_bytes()
-    obj = _RestrictedUnpickler(io.BytesIO(raw)).load()
+    obj = _ManoUnpickler(io.BytesIO(raw)).load()
     if not isinstance(obj, dict):
         raise pickle.UnpicklingError(f"load_mano_file: expected the file to hold a dict, got "
                                      f"{type(obj).__name__}")

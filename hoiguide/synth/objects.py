@@ -41,7 +41,9 @@ validated on :data:`GENERATOR_VAL_INDICES` (600-699) and validation seeds;
 
 Object frame and units (what :func:`load_object` returns): metres, the bounding-box centre at
 the origin, the longest bounding-box side drawn uniformly from ``size_range`` (default: the
-family's real-world range; ``(0.05, 0.20)`` for pybullet objects); the object's own axes: a
+family's real-world range for ``procedural:KIND@SEED``; ``(0.05, 0.20)`` for pybullet objects
+and for ``procedural:KIND`` without a seed, which keeps older scenes unchanged); the
+object's own axes: a
 procedural shape's axis of revolution or long axis is +z (a tool's handle at -z), a mug's
 handle and a spray bottle's nozzle point along +x, a phone is thin along y. No random
 orientation is applied: the grasp code places the object.
@@ -170,7 +172,7 @@ _MIN_COMPONENT_FRACTION = 0.01  # united components smaller than this (of the vo
 _SUBDIVIDE_EDGE_REL = 1.0 / 14.0  # split faces until edges are below this x the longest side
 _SUBDIVIDE_MAX_FACES = 8_000  # ... or until another split would pass this many faces
 _SYNTH_HINT = "pip install 'hoiguide[synth]'"
-_PYBULLET_SIZE_RANGE = (0.05, 0.20)  # longest side of a pybullet object, metres (default)
+_DEFAULT_SIZE_RANGE = (0.05, 0.20)  # longest side (metres) unless the object has its own
 _UNION_FAMILIES = {"mug": 2, "knife": 2, "pen": 2, "spray_bottle": 4}  # families built by union
 
 
@@ -864,7 +866,6 @@ def _make_carton(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     secs = _flat_end(0.0, 0.0, a, b, n, 5)
     secs += [(z, 0.0, a, b, n) for z in np.linspace(0.0, H, 12)[1:]]
     secs += [(H + G * f, 0.0, max(a * (1 - f), t), b, n) for f in np.linspace(0, 1, 8)[1:]]
-    secs += [(H + G + fin, 0.0, t, b, n)]
     secs += _flat_end(H + G + fin, 0.0, t, b, n, 3, top=True)
     return _loft(secs, 96)
 
@@ -1453,7 +1454,9 @@ def load_object(source: ObjectSource | str, *, rng: np.random.Generator,
             from the seed alone, so the spec names one fixed object.
         size_range: ``(min, max)`` metres for the longest bounding-box side (drawn
             uniformly). Default: the family's real-world range (:attr:`Family.size`) for a
-            procedural object, ``(0.05, 0.20)`` for a pybullet one.
+            procedural instance with a seed; ``(0.05, 0.20)`` for a pybullet object and for
+            a procedural object without a seed (as before the families had sizes, so that
+            existing scenes stay the same).
         max_faces: face budget (large meshes are simplified, small ones subdivided up to it).
         dtype: vertex dtype.
 
@@ -1485,8 +1488,8 @@ def load_object(source: ObjectSource | str, *, rng: np.random.Generator,
         raise ValueError("load_object: " + _unknown("procedural kind", source.name,
                                                     PROCEDURAL_KINDS))
     if size_range is None:
-        size_range = FAMILIES[source.name].size if source.kind == "procedural" else \
-            _PYBULLET_SIZE_RANGE
+        size_range = FAMILIES[source.name].size if source.seed is not None else \
+            _DEFAULT_SIZE_RANGE
     lo, hi = (float(x) for x in size_range)
     if not (0 < lo <= hi and math.isfinite(hi)):
         raise ValueError(f"load_object: expected 0 < size_range[0] <= size_range[1], got "

@@ -48,6 +48,10 @@ MANIFEST_VERSION = 1
 _MASKS = ("mask_hand", "mask_object", "mask_hand_amodal", "mask_object_amodal")
 
 
+_REQUIRED_KEYS = ("scene_id", "camera", "files", "hand_keypoints_3d", "keypoints_2d")
+_FILE_KEYS = ("image", "depth", "normals", "hand_mesh", "object_mesh")
+
+
 class SceneFormatError(ValueError):
     """A scene folder or manifest is missing, malformed or of an unknown version."""
 
@@ -187,6 +191,11 @@ class Scene:
         if int(info.get("version", 0)) > SCENE_VERSION:
             raise SceneFormatError(f"{meta_path}: version {info.get('version')} is newer than "
                                    f"this hoiguide reads ({SCENE_VERSION}); upgrade hoiguide")
+        missing = [k for k in _REQUIRED_KEYS if k not in info]
+        missing += [f"files.{k}" for k in _FILE_KEYS if k not in (info.get("files") or {})]
+        if missing:
+            raise SceneFormatError(f"{meta_path}: missing {', '.join(missing)} (re-make the "
+                                   f"scene with 'hoiguide synth')")
         files = info["files"]
 
         def path(key: str) -> Path:
@@ -195,22 +204,28 @@ class Scene:
                 raise SceneFormatError(f"{d}: missing {files[key]}")
             return p
 
-        masks = {k: np.asarray(Image.open(path(k))) > 127 for k in _MASKS}
-        hand = Mesh.load(path("hand_mesh"))
-        obj = Mesh.load(path("object_mesh"))
-        return cls(
-            scene_id=str(info["scene_id"]),
-            camera=Camera.from_dict(info["camera"]),
-            image=np.asarray(Image.open(path("image")).convert("RGB")),
-            depth=np.load(path("depth"), allow_pickle=False),
-            normals=np.load(path("normals"), allow_pickle=False),
-            hand_mesh=hand, object_mesh=obj,
-            hand_keypoints_3d=np.asarray(info["hand_keypoints_3d"], np.float32),
-            keypoints_2d=np.asarray(info["keypoints_2d"], np.float32),
-            hand_params=dict(info.get("hand_params", {})),
-            object_source=str(info.get("object_source", "")),
-            metadata=dict(info.get("metadata", {})),
-            **masks)
+        try:
+            masks = {k: np.asarray(Image.open(path(k))) > 127 for k in _MASKS}
+            hand = Mesh.load(path("hand_mesh"))
+            obj = Mesh.load(path("object_mesh"))
+            return cls(
+                scene_id=str(info["scene_id"]),
+                camera=Camera.from_dict(info["camera"]),
+                image=np.asarray(Image.open(path("image")).convert("RGB")),
+                depth=np.load(path("depth"), allow_pickle=False),
+                normals=np.load(path("normals"), allow_pickle=False),
+                hand_mesh=hand, object_mesh=obj,
+                hand_keypoints_3d=np.asarray(info["hand_keypoints_3d"], np.float32),
+                keypoints_2d=np.asarray(info["keypoints_2d"], np.float32),
+                hand_params=dict(info.get("hand_params", {})),
+                object_source=str(info.get("object_source", "")),
+                metadata=dict(info.get("metadata", {})),
+                **masks)
+        except SceneFormatError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SceneFormatError(f"{d}: cannot read the scene ({type(exc).__name__}: "
+                                   f"{exc})") from None
 
 
 # ---------------------------------------------------------------------- manifest

@@ -1,97 +1,31 @@
-"""Phase schedules: what the guided sampler optimises, when, how and against which losses.
-
-One YAML file describes one schedule::
-
-    name: my_schedule
-    description: free text
-    num_steps: 20                 # default number of flow steps (the caller may override)
-    guidance_scale: 5.0           # classifier-free guidance weight
-    guidance_decay:               # optional; null = constant CFG weight
-      start: 0.55                 # fraction of the trajectory (or start_step: 11)
-      kind: linear                # w_i = guidance_scale * (1 - i / num_steps) from there on
-    on_nonfinite: skip            # raise | skip | stop  (a NaN/inf loss term)
-    phases:
-      - name: hand
-        window: {start: 0.45, end: 0.5}   # fractions of the trajectory (or steps: [9])
-        iterations: 200                   # inner iterations per covered step
-        optimizer: {type: adam, eps: 1.0e-4}
-        optimize:                         # parameter group -> learning rate
-          hand.scale: 1.0e-2
-          hand.translation: 1.0e-2
-          hand.rotation: 0.5
-        weights:                          # registered loss name -> weight (or mapping)
-          keypoints_2d: 1.0e-2
-          normal: {weight: 1.0, mask: hand}
-          normal@late: {weight: 1.0e-3, mask: hand}   # label@suffix: a 2nd term of one loss
-          intersection:
-            weight: 1.0e-9
-            by_step: [{from: -3, weight: 1.0e-5}]     # from the phase's 3rd-to-last step on
-
-**Windows.** ``window: {start, end}`` covers the steps ``i`` with
-``floor(start * N) <= i < floor(end * N)`` (``N`` = number of steps), so windows keep their
-meaning when ``N`` changes; with ``N = 20`` the window ``[0.45, 0.5)`` is step 9. Phases are
-resolved in trajectory order and every windowed phase gets at least one step while there are
-as many steps as windows: a window too narrow for ``N`` takes the next free step and pushes
-the following windows along (``N = 10``: ``[0.45, 0.5) -> [4]``, ``[0.5, 0.55) -> [5]``,
-``[0.55, 1] -> [6..9]``); windows pushed past the end take free steps before them instead
-(``N = 3``: ``[0]``, ``[1]``, ``[2]``). With fewer steps than windows the EARLIEST phases are
-left without a step: :meth:`resolve` reports them empty (and the engine skips them).
-``steps: [9, 10]`` gives explicit step indices (negative ones count from the end).
-``window: after_sampling`` makes a phase run once AFTER the last flow step on the final
-sample: it may only optimise similarity groups (and ``latent``), never ``velocity``; such
-phases run in list order (the ``no_guidance`` ablation: generate, then fit the transforms).
-
-**Update rules** (per in-loop phase): ``update: euler`` (default, the reference: the flow step
-uses the optimised velocity) or ``update: renoise`` (the optimised clean estimate is re-noised
-to the next sigma with the model's own noise estimate, so the whole correction is kept);
-``repeats: r`` runs the inner loop and the update ``r`` times per step, going back to the
-step's sigma with fresh noise in between ("time travel"). Formulas for both time conventions:
-:mod:`hoiguide.guidance.engine`.
-
-**Parameter groups** (``optimize``): ``velocity``, ``latent``, ``hand.scale``,
-``hand.rotation``, ``hand.translation``, ``object.scale``, ``object.rotation``,
-``object.translation``. A fresh optimiser is built for each step a phase covers
-(:meth:`Phase.make_optimizer`).
-
-**Weights** name losses registered in :data:`hoiguide.losses.LOSSES`; a value is a number or a
-mapping with ``weight`` plus the loss's options (and optionally ``by_step``: a list of
-``{from: k, weight: w}``, ``k`` an index into the phase's steps, negative from the end; later
-entries win). A key ``loss@label`` adds a second term of the same loss with its own options
-and weight.
-
-**Deriving a schedule** from another one (``base:``): the file is deep-merged onto the base
-(a preset name or a path relative to the file). Mappings merge key by key, ``null`` deletes a
-key, scalars and lists replace. ``phases`` may be a LIST (replaces the base's phases) or a
-MAPPING ``phase name -> changes``: changes deep-merge into that phase, ``null`` removes it, an
-unknown name adds a new (complete) phase. ``drop_losses: [normal]`` then removes every term of
-those losses (labelled variants included) from every phase. ``name`` defaults to the file's
-stem.
-"""
+"""The schedule's data model: frozen dataclasses (:class:`PhaseSchedule`, :class:`Phase`,
+:class:`LossWeight`, ...), how phases are assigned to flow steps (:meth:`PhaseSchedule.resolve`)
+and the torch optimiser a phase builds. The YAML format is described in :mod:`hoiguide.phases`;
+this module also builds the model from data (:func:`parse_schedule`: validation with the YAML
+path in every message); step assignment is :mod:`~hoiguide.phases.steps`, files and presets
+:mod:`~hoiguide.phases.load`."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import difflib
 import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
 import torch
 import yaml
 
-from hoiguide.io import did_you_mean, load_yaml
+from hoiguide.io import did_you_mean
+from hoiguide.phases.errors import ScheduleError
+from hoiguide.phases.steps import FLOOR_TOL, assign_steps
 
-__all__ = [
-    "ScheduleError", "PhaseSchedule", "Phase", "OptimizerSpec", "LossWeight", "Term", "Window",
-    "GuidanceDecay", "ResolvedPhase", "ResolvedSchedule", "load_schedule",
-    "available_presets", "GROUPS", "SIMILARITY_GROUPS",
-]
+__all__ = ["ScheduleError", "PhaseSchedule", "Phase", "OptimizerSpec", "LossWeight", "Term",
+           "Window", "GuidanceDecay", "ResolvedPhase", "ResolvedSchedule", "GROUPS",
+           "SIMILARITY_GROUPS", "UPDATES", "AFTER_SAMPLING", "parse_schedule"]
 
 log = logging.getLogger(__name__)
 
@@ -100,56 +34,14 @@ GROUPS = ("velocity", "latent", "hand.scale", "hand.rotation", "hand.translation
           "object.scale", "object.rotation", "object.translation")
 #: the groups that are similarity parameters (allowed after sampling)
 SIMILARITY_GROUPS = GROUPS[2:]
-_POST_GROUPS = ("latent",) + SIMILARITY_GROUPS
-_OPTIMIZERS = ("adam", "adamw")
-_NONFINITE = ("raise", "skip", "stop")
-_DECAY_KINDS = ("linear",)
 AFTER_SAMPLING = "after_sampling"
 
-_TOP_KEYS = ("name", "description", "base", "num_steps", "guidance_scale", "guidance_decay",
-             "on_nonfinite", "phases", "drop_losses")
-_PHASE_KEYS = ("name", "description", "window", "steps", "iterations", "optimizer",
-               "optimize", "weights", "update", "repeats")
 #: how a guided flow step uses the optimised velocity / latent (see the module docstring)
 UPDATES = ("euler", "renoise")
-_OPT_KEYS = ("type", "eps", "betas", "weight_decay")
-_DECAY_KEYS = ("start", "start_step", "kind")
-_WINDOW_KEYS = ("start", "end")
-_WEIGHT_RESERVED = ("weight", "by_step")
-_BY_STEP_KEYS = ("from", "weight")
-_FLOOR_TOL = 1e-9
 
 
-class ScheduleError(ValueError):
-    """An invalid schedule. ``path`` is the offending YAML path (``phases[2].weights.x``),
-    ``source`` the file or preset; both appear in the message."""
-
-    def __init__(self, message: str, path: str = "", source: Optional[str] = None) -> None:
-        self.path = path
-        self.source = source
-        self.detail = message
-        prefix = "".join(p + ": " for p in (source, path) if p)
-        super().__init__(prefix + message)
 
 
-_suggest = did_you_mean
-
-
-# --------------------------------------------------------------------------------------
-# YAML loading (safe; also reads 1e-2 as a float, which PyYAML's YAML 1.1 rules do not)
-# --------------------------------------------------------------------------------------
-
-
-def _read_yaml(text: str, source: str) -> Any:
-    try:
-        return load_yaml(source, text=text)
-    except ValueError as e:
-        raise ScheduleError(str(e).removeprefix(f"{source}: "), source=source) from None
-
-
-# --------------------------------------------------------------------------------------
-# dataclasses
-# --------------------------------------------------------------------------------------
 
 
 def _fmt(x: float) -> str:
@@ -251,8 +143,8 @@ class Window:
 
     def bounds(self, num_steps: int) -> tuple[int, int]:
         """Nominal ``[lo, hi)`` step range before the "at least one step" rule."""
-        return (math.floor(self.start * num_steps + _FLOOR_TOL),
-                math.floor(self.end * num_steps + _FLOOR_TOL))
+        return (math.floor(self.start * num_steps + FLOOR_TOL),
+                math.floor(self.end * num_steps + FLOOR_TOL))
 
 
 @dataclass(frozen=True)
@@ -269,7 +161,7 @@ class GuidanceDecay:
     def first_step(self, num_steps: int) -> int:
         if self.start_step is not None:
             return self.start_step if self.start_step >= 0 else num_steps + self.start_step
-        return math.floor(float(self.start) * num_steps + _FLOOR_TOL)
+        return math.floor(float(self.start) * num_steps + FLOOR_TOL)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {}
@@ -299,6 +191,11 @@ class Phase:
             reference) or ``"renoise"`` (see the module docstring).
         repeats: inner loop + update this many times per covered step ("time travel"; 1 =
             the reference).
+        keep_best: end the phase's inner loop at the iterate with the lowest total loss
+            (parameters as they were when it was evaluated) instead of the last one (the
+            reference keeps the last; Adam's first steps move every parameter by about its
+            learning rate whatever the gradient, so the last iterate can be worse than the
+            start).
     """
 
     name: str
@@ -312,6 +209,7 @@ class Phase:
     description: str = ""
     update: str = "euler"
     repeats: int = 1
+    keep_best: bool = False
 
     @property
     def groups(self) -> tuple[str, ...]:
@@ -324,7 +222,7 @@ class Phase:
                 return w
         labels = [w.label for w in self.weights]
         raise KeyError(f"phase {self.name!r} has no loss term {label!r}"
-                       f"{_suggest(label, labels)} (terms: {', '.join(labels)})")
+                       f"{did_you_mean(label, labels)} (terms: {', '.join(labels)})")
 
     def terms(self, position: int = 0, count: int = 1) -> tuple[Term, ...]:
         """The weighted terms at the ``position``-th of the ``count`` steps this phase
@@ -368,6 +266,8 @@ class Phase:
             d["update"] = self.update
         if self.repeats != 1:
             d["repeats"] = self.repeats
+        if self.keep_best:
+            d["keep_best"] = True
         d["optimizer"] = self.optimizer.to_dict()
         d["optimize"] = dict(self.optimize)
         d["weights"] = {w.label: w.to_yaml_value() for w in self.weights}
@@ -444,7 +344,7 @@ class ResolvedSchedule(list):
         for p in self:
             if p.name == name:
                 return p
-        raise KeyError(f"no phase {name!r}{_suggest(name, [p.name for p in self])}")
+        raise KeyError(f"no phase {name!r}{did_you_mean(name, [p.name for p in self])}")
 
     def table(self) -> str:
         rows = [("phase", "steps", "iters", "optimizer", "learning rates")]
@@ -507,7 +407,6 @@ class PhaseSchedule:
     on_nonfinite: str = "raise"
     description: str = ""
     source: Optional[str] = field(default=None, compare=False)
-    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # ---- structure -------------------------------------------------------------------
     @property
@@ -525,7 +424,7 @@ class PhaseSchedule:
             if p.name == name:
                 return p
         names = [p.name for p in self.phases]
-        raise KeyError(f"schedule {self.name!r} has no phase {name!r}{_suggest(name, names)} "
+        raise KeyError(f"schedule {self.name!r} has no phase {name!r}{did_you_mean(name, names)} "
                        f"(phases: {', '.join(names)})")
 
     def _n(self, num_steps: Optional[int]) -> int:
@@ -537,17 +436,12 @@ class PhaseSchedule:
 
     def _step_map(self, num_steps: int) -> dict[int, tuple[Phase, int, int]]:
         """step -> (phase, position in the phase, number of steps of the phase)."""
-        hit = self._cache.get(num_steps)
-        if hit is None:
-            hit = _assign_steps(self, num_steps)
-            self._cache[num_steps] = hit
-        return hit[0]
+        return assign_steps(self, num_steps)[0]
 
     def steps_of(self, name: str, num_steps: Optional[int] = None) -> tuple[int, ...]:
         """The flow steps a phase covers (empty for after-sampling phases)."""
         n = self._n(num_steps)
-        self._step_map(n)
-        return self._cache[n][1][self.phase(name).name]
+        return assign_steps(self, n)[1][self.phase(name).name]
 
     # ---- queries used by the engine --------------------------------------------------
     def resolve(self, num_steps: Optional[int] = None) -> ResolvedSchedule:
@@ -559,13 +453,12 @@ class PhaseSchedule:
                 this ``num_steps`` (the message names the YAML path).
         """
         n = self._n(num_steps)
-        self._step_map(n)
-        per_phase = self._cache[n][1]
+        per_phase = assign_steps(self, n)[1]
         out = []
         def order(p: Phase) -> tuple:
             st = per_phase[p.name]
             frac = p.window.start if p.window is not None else (st[0] / n if st else 1.0)
-            return (st[0] if st else math.floor(frac * n + _FLOOR_TOL), frac)
+            return (st[0] if st else math.floor(frac * n + FLOOR_TOL), frac)
 
         for p in sorted(self.guided_phases, key=order):
             steps = per_phase[p.name]
@@ -630,12 +523,12 @@ class PhaseSchedule:
     def from_dict(cls, data: Mapping[str, Any], source: Optional[str] = None
                   ) -> "PhaseSchedule":
         """Validate plain data (one YAML document, ``base`` not allowed here)."""
-        return _parse_schedule(data, source)
+        return parse_schedule(data, source)
 
     def replace(self, **changes: Any) -> "PhaseSchedule":
         """A validated copy with some fields changed (e.g. ``num_steps=8``)."""
         s = dataclasses.replace(self, **changes)
-        return _parse_schedule(s.to_dict(), self.source)
+        return parse_schedule(s.to_dict(), self.source)
 
     def replace_phase(self, name: str, **changes: Any) -> "PhaseSchedule":
         """A validated copy with one phase's fields changed
@@ -649,92 +542,39 @@ class PhaseSchedule:
         return self.resolve().table()
 
 
-# --------------------------------------------------------------------------------------
-# step assignment
-# --------------------------------------------------------------------------------------
+# ---- parsing and validation (how a schedule is built from data) ----------------
 
 
-def _phase_path(schedule: PhaseSchedule, phase: Phase) -> str:
-    return f"phases[{schedule.phases.index(phase)}]"
+_POST_GROUPS = ("latent",) + SIMILARITY_GROUPS
+_OPTIMIZERS = ("adam", "adamw")
+_NONFINITE = ("raise", "skip", "stop")
+_DECAY_KINDS = ("linear",)
+TOP_KEYS = ("name", "description", "base", "num_steps", "guidance_scale", "guidance_decay",
+             "on_nonfinite", "phases", "drop_losses")
+_PHASE_KEYS = ("name", "description", "window", "steps", "iterations", "optimizer",
+               "optimize", "weights", "update", "repeats", "keep_best")
+_OPT_KEYS = ("type", "eps", "betas", "weight_decay")
+_DECAY_KEYS = ("start", "start_step", "kind")
+_WINDOW_KEYS = ("start", "end")
+_WEIGHT_RESERVED = ("weight", "by_step")
+_BY_STEP_KEYS = ("from", "weight")
 
 
-def _assign_steps(schedule: PhaseSchedule, n: int
-                  ) -> tuple[dict[int, tuple[Phase, int, int]], dict[str, tuple[int, ...]]]:
-    per_phase: dict[str, tuple[int, ...]] = {}
-    owner: dict[int, Phase] = {}
-    explicit = [p for p in schedule.guided_phases if p.steps is not None]
-    windowed = sorted((p for p in schedule.guided_phases if p.window is not None),
-                      key=lambda p: p.window.start)
-    for p in explicit:
-        steps = []
-        for k, s in enumerate(p.steps):
-            i = s if s >= 0 else n + s
-            if not 0 <= i < n:
-                raise ScheduleError(f"step {s} is out of range for num_steps={n} (phase "
-                                    f"{p.name!r})", f"{_phase_path(schedule, p)}.steps[{k}]",
-                                    schedule.source)
-            if i in owner:
-                raise ScheduleError(f"step {i} is covered twice at num_steps={n} (phase "
-                                    f"{owner[i].name!r} also covers it)",
-                                    f"{_phase_path(schedule, p)}.steps[{k}]", schedule.source)
-            owner[i] = p
-            steps.append(i)
-        per_phase[p.name] = tuple(sorted(steps))
-    # forward pass: nominal bounds, each window at least one step, pushing later ones along
-    spans = []
-    prev_hi = 0
-    for p in windowed:
-        lo, hi = p.window.bounds(n)
-        lo = max(lo, prev_hi)
-        hi = min(max(hi, lo + 1), n)
-        lo = min(lo, hi)
-        spans.append([lo, hi])
-        prev_hi = max(prev_hi, hi)
-    # backward pass: windows pushed past the end take free steps before them instead
-    next_lo = n
-    for span in reversed(spans):
-        lo, hi = span
-        hi = min(hi, next_lo)
-        lo = max(min(lo, hi - 1), 0)
-        span[:] = [lo, max(hi, lo)]
-        next_lo = lo
-    for p, (lo, hi) in zip(windowed, spans):
-        steps = tuple(range(lo, hi))
-        for i in steps:
-            if i in owner:
-                raise ScheduleError(f"window covers step {i} at num_steps={n}, which phase "
-                                    f"{owner[i].name!r} also covers",
-                                    f"{_phase_path(schedule, p)}.window", schedule.source)
-            owner[i] = p
-        per_phase[p.name] = steps
-    step_map = {}
-    for name, steps in per_phase.items():
-        phase = schedule.phase(name)
-        for k, i in enumerate(steps):
-            step_map[i] = (phase, k, len(steps))
-    for p in schedule.post_phases:
-        per_phase[p.name] = ()
-    return step_map, per_phase
 
 
-# --------------------------------------------------------------------------------------
-# validation
-# --------------------------------------------------------------------------------------
-
-
-def _check_keys(d: Any, allowed: Sequence[str], path: str, source: Optional[str],
+def check_keys(d: Any, allowed: Sequence[str], path: str, source: Optional[str],
                 what: str) -> Mapping[str, Any]:
     if not isinstance(d, Mapping):
         raise ScheduleError(f"expected a mapping ({what}), got {type(d).__name__}: {d!r}",
                             path, source)
     for k in d:
         if k not in allowed:
-            raise ScheduleError(f"unknown key{_suggest(k, allowed)} (allowed: "
-                                f"{', '.join(allowed)})", _join(path, k), source)
+            raise ScheduleError(f"unknown key{did_you_mean(k, allowed)} (allowed: "
+                                f"{', '.join(allowed)})", join_path(path, k), source)
     return d
 
 
-def _join(path: str, key: Any) -> str:
+def join_path(path: str, key: Any) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
@@ -768,23 +608,23 @@ def _string(v: Any, path: str, source: Optional[str], choices: Optional[Sequence
         raise ScheduleError(f"expected a string, got {v!r}", path, source)
     if choices is not None and v not in choices:
         raise ScheduleError(f"expected one of {', '.join(choices)}, got {v!r}"
-                            f"{_suggest(v, choices)}", path, source)
+                            f"{did_you_mean(v, choices)}", path, source)
     return v
 
 
 def _parse_optimizer(d: Any, path: str, source: Optional[str]) -> OptimizerSpec:
     if d is None:
         return OptimizerSpec()
-    d = _check_keys(d, _OPT_KEYS, path, source, "optimizer settings")
-    kind = _string(d.get("type", "adam"), _join(path, "type"), source, _OPTIMIZERS)
-    eps = _number(d.get("eps", 1e-8), _join(path, "eps"), source, positive=True, what="eps")
+    d = check_keys(d, _OPT_KEYS, path, source, "optimizer settings")
+    kind = _string(d.get("type", "adam"), join_path(path, "type"), source, _OPTIMIZERS)
+    eps = _number(d.get("eps", 1e-8), join_path(path, "eps"), source, positive=True, what="eps")
     wd_default = 0.01 if kind == "adamw" else 0.0
-    wd = _number(d.get("weight_decay", wd_default), _join(path, "weight_decay"), source,
+    wd = _number(d.get("weight_decay", wd_default), join_path(path, "weight_decay"), source,
                  nonneg=True, what="weight_decay")
     betas = d.get("betas", (0.9, 0.999))
     if not isinstance(betas, (list, tuple)) or len(betas) != 2:
         raise ScheduleError(f"expected two numbers [beta1, beta2], got {betas!r}",
-                            _join(path, "betas"), source)
+                            join_path(path, "betas"), source)
     betas = tuple(_number(b, f"{path}.betas[{i}]", source, lo=0.0, what="a beta")
                   for i, b in enumerate(betas))
     for i, b in enumerate(betas):
@@ -803,12 +643,12 @@ def _parse_weights(d: Any, path: str, source: Optional[str], phase: str
                             path, source)
     out = []
     for label, value in d.items():
-        lpath = _join(path, label)
+        lpath = join_path(path, label)
         if not isinstance(label, str):
             raise ScheduleError(f"expected a loss name, got {label!r}", lpath, source)
         loss, at, suffix = label.partition("@")
         if loss not in LOSSES:
-            raise ScheduleError(f"unknown loss{_suggest(loss, LOSSES)} (phase {phase!r}; "
+            raise ScheduleError(f"unknown loss{did_you_mean(loss, LOSSES)} (phase {phase!r}; "
                                 f"registered: {', '.join(sorted(LOSSES))})", lpath, source)
         if at and not re.fullmatch(r"[A-Za-z0-9_]+", suffix):
             raise ScheduleError("expected loss@label with a label of letters, digits and '_'",
@@ -819,11 +659,11 @@ def _parse_weights(d: Any, path: str, source: Optional[str], phase: str
             if "weight" not in value:
                 raise ScheduleError("a mapping needs 'weight' (plus the loss's options)",
                                     lpath, source)
-            weight = _number(value["weight"], _join(lpath, "weight"), source, nonneg=True,
+            weight = _number(value["weight"], join_path(lpath, "weight"), source, nonneg=True,
                              what="a weight")
             raw_opts = {k: v for k, v in value.items() if k not in _WEIGHT_RESERVED}
             if value.get("by_step") is not None:
-                by_step = _parse_by_step(value["by_step"], _join(lpath, "by_step"), source)
+                by_step = _parse_by_step(value["by_step"], join_path(lpath, "by_step"), source)
         else:
             weight = _number(value, lpath, source, nonneg=True, what="a weight")
             raw_opts = {}
@@ -831,13 +671,13 @@ def _parse_weights(d: Any, path: str, source: Optional[str], phase: str
         for k, v in raw_opts.items():
             if k not in spec.options:
                 allowed = list(spec.options) + list(_WEIGHT_RESERVED)
-                raise ScheduleError(f"unknown option of loss {loss!r}{_suggest(k, allowed)} "
-                                    f"(allowed: {', '.join(allowed)})", _join(lpath, k),
+                raise ScheduleError(f"unknown option of loss {loss!r}{did_you_mean(k, allowed)} "
+                                    f"(allowed: {', '.join(allowed)})", join_path(lpath, k),
                                     source)
             try:
                 options[k] = spec.options[k].validate(v)
             except ValueError as e:
-                raise ScheduleError(str(e), _join(lpath, k), source) from None
+                raise ScheduleError(str(e), join_path(lpath, k), source) from None
         for k, opt in spec.options.items():
             options.setdefault(k, opt.default)
         out.append(LossWeight(label, loss, weight, options, by_step))
@@ -851,29 +691,29 @@ def _parse_by_step(v: Any, path: str, source: Optional[str]) -> tuple[tuple[int,
     out = []
     for k, e in enumerate(v):
         epath = f"{path}[{k}]"
-        e = _check_keys(e, _BY_STEP_KEYS, epath, source, "{from: index, weight: w}")
+        e = check_keys(e, _BY_STEP_KEYS, epath, source, "{from: index, weight: w}")
         for key in _BY_STEP_KEYS:
             if key not in e:
                 raise ScheduleError(f"missing {key!r}", epath, source)
-        out.append((_number(e["from"], _join(epath, "from"), source, integer=True,
+        out.append((_number(e["from"], join_path(epath, "from"), source, integer=True,
                             what="a step index into the phase"),
-                    _number(e["weight"], _join(epath, "weight"), source, nonneg=True,
+                    _number(e["weight"], join_path(epath, "weight"), source, nonneg=True,
                             what="a weight")))
     return tuple(out)
 
 
 def _parse_phase(d: Any, path: str, source: Optional[str]) -> Phase:
-    d = _check_keys(d, _PHASE_KEYS, path, source, "a phase")
+    d = check_keys(d, _PHASE_KEYS, path, source, "a phase")
     for key in ("name", "iterations", "optimize", "weights"):
         if key not in d:
             raise ScheduleError(f"missing {key!r}", path, source)
-    name = _string(d["name"], _join(path, "name"), source)
+    name = _string(d["name"], join_path(path, "name"), source)
     if not re.fullmatch(r"[A-Za-z0-9_\-]+", name):
         raise ScheduleError(f"expected a phase name of letters, digits, '_' and '-', got "
-                            f"{name!r}", _join(path, "name"), source)
+                            f"{name!r}", join_path(path, "name"), source)
     desc = d.get("description") or ""
     if not isinstance(desc, str):
-        raise ScheduleError("expected a string", _join(path, "description"), source)
+        raise ScheduleError("expected a string", join_path(path, "description"), source)
     window, steps, after = None, None, False
     w = d.get("window")
     s = d.get("steps")
@@ -883,23 +723,23 @@ def _parse_phase(d: Any, path: str, source: Optional[str]) -> Phase:
         raise ScheduleError("missing 'window' ({start, end} fractions, or after_sampling) or "
                             "'steps' (explicit indices)", path, source)
     if isinstance(w, str):
-        _string(w, _join(path, "window"), source, (AFTER_SAMPLING,))
+        _string(w, join_path(path, "window"), source, (AFTER_SAMPLING,))
         after = True
     elif w is not None:
-        wpath = _join(path, "window")
-        _check_keys(w, _WINDOW_KEYS, wpath, source,
+        wpath = join_path(path, "window")
+        check_keys(w, _WINDOW_KEYS, wpath, source,
                     "{start, end} fractions of the trajectory, or after_sampling")
         for key in _WINDOW_KEYS:
             if key not in w:
                 raise ScheduleError(f"missing {key!r}", wpath, source)
-        a = _number(w["start"], _join(wpath, "start"), source, lo=0.0, hi=1.0,
+        a = _number(w["start"], join_path(wpath, "start"), source, lo=0.0, hi=1.0,
                     what="a fraction")
-        b = _number(w["end"], _join(wpath, "end"), source, lo=0.0, hi=1.0, what="a fraction")
+        b = _number(w["end"], join_path(wpath, "end"), source, lo=0.0, hi=1.0, what="a fraction")
         if not a < b:
             raise ScheduleError(f"expected start < end, got [{a}, {b}]", wpath, source)
         window = Window(a, b)
     if s is not None:
-        spath = _join(path, "steps")
+        spath = join_path(path, "steps")
         if not isinstance(s, list) or not s:
             raise ScheduleError(f"expected a non-empty list of step indices, got {s!r}", spath,
                                 source)
@@ -907,10 +747,10 @@ def _parse_phase(d: Any, path: str, source: Optional[str]) -> Phase:
                       for k, x in enumerate(s))
         if len(set(steps)) != len(steps):
             raise ScheduleError(f"repeated step index in {list(steps)}", spath, source)
-    iterations = _number(d["iterations"], _join(path, "iterations"), source, integer=True,
+    iterations = _number(d["iterations"], join_path(path, "iterations"), source, integer=True,
                          positive=True, what="iterations")
-    optimizer = _parse_optimizer(d.get("optimizer"), _join(path, "optimizer"), source)
-    opath = _join(path, "optimize")
+    optimizer = _parse_optimizer(d.get("optimizer"), join_path(path, "optimizer"), source)
+    opath = join_path(path, "optimize")
     opt = d["optimize"]
     if not isinstance(opt, Mapping) or not opt:
         raise ScheduleError(f"expected a non-empty mapping of parameter group -> learning "
@@ -918,27 +758,31 @@ def _parse_phase(d: Any, path: str, source: Optional[str]) -> Phase:
     optimize = {}
     for g, lr in opt.items():
         if g not in GROUPS:
-            raise ScheduleError(f"unknown parameter group{_suggest(g, GROUPS)} (groups: "
-                                f"{', '.join(GROUPS)})", _join(opath, g), source)
+            raise ScheduleError(f"unknown parameter group{did_you_mean(g, GROUPS)} (groups: "
+                                f"{', '.join(GROUPS)})", join_path(opath, g), source)
         if after and g not in _POST_GROUPS:
             raise ScheduleError(f"{g!r} cannot be optimised after sampling (there is no flow "
                                 f"step left); allowed: {', '.join(_POST_GROUPS)}",
-                                _join(opath, g), source)
-        optimize[g] = _number(lr, _join(opath, g), source, positive=True,
+                                join_path(opath, g), source)
+        optimize[g] = _number(lr, join_path(opath, g), source, positive=True,
                               what="a learning rate")
-    weights = _parse_weights(d["weights"], _join(path, "weights"), source, name)
-    update = _string(d.get("update", "euler"), _join(path, "update"), source, UPDATES)
-    repeats = _number(d.get("repeats", 1), _join(path, "repeats"), source, integer=True,
+    weights = _parse_weights(d["weights"], join_path(path, "weights"), source, name)
+    update = _string(d.get("update", "euler"), join_path(path, "update"), source, UPDATES)
+    repeats = _number(d.get("repeats", 1), join_path(path, "repeats"), source, integer=True,
                       positive=True, what="repeats")
     if after and (update != "euler" or repeats != 1):
         raise ScheduleError("'update' and 'repeats' act on flow steps; an after_sampling "
                             "phase has none (leave them out)", path, source)
+    keep_best = d.get("keep_best", False)
+    if not isinstance(keep_best, bool):
+        raise ScheduleError(f"expected true or false, got {keep_best!r}",
+                            join_path(path, "keep_best"), source)
     return Phase(name, optimize, iterations, weights, optimizer, window, steps, after, desc,
-                 update, int(repeats))
+                 update, int(repeats), keep_best)
 
 
-def _parse_schedule(data: Any, source: Optional[str]) -> PhaseSchedule:
-    d = _check_keys(data, _TOP_KEYS, "", source, "a schedule")
+def parse_schedule(data: Any, source: Optional[str]) -> PhaseSchedule:
+    d = check_keys(data, TOP_KEYS, "", source, "a schedule")
     if "base" in d:
         raise ScheduleError("'base' is only allowed in files (use load_schedule)", "base",
                             source)
@@ -957,7 +801,7 @@ def _parse_schedule(data: Any, source: Optional[str]) -> PhaseSchedule:
                      what="guidance_scale")
     decay = None
     if d.get("guidance_decay") is not None:
-        dd = _check_keys(d["guidance_decay"], _DECAY_KEYS, "guidance_decay", source,
+        dd = check_keys(d["guidance_decay"], _DECAY_KEYS, "guidance_decay", source,
                          "{start: fraction | start_step: index, kind: linear}")
         if ("start" in dd) == ("start_step" in dd):
             raise ScheduleError("give exactly one of 'start' (fraction) or 'start_step' "
@@ -992,191 +836,3 @@ def _parse_schedule(data: Any, source: Optional[str]) -> PhaseSchedule:
     sched = PhaseSchedule(name, phases, num_steps, gscale, decay, on_nonfinite, desc, source)
     sched.resolve(num_steps)  # explicit steps: range and overlap at the default num_steps
     return sched
-
-
-# --------------------------------------------------------------------------------------
-# files, presets, bases
-# --------------------------------------------------------------------------------------
-
-
-def _preset_dir() -> Any:
-    return resources.files("hoiguide.phases") / "presets"
-
-
-def available_presets() -> list[str]:
-    """Names of the presets shipped with the package."""
-    return sorted(p.name[:-5] for p in _preset_dir().iterdir() if p.name.endswith(".yaml"))
-
-
-def _deep_merge(base: Any, over: Any) -> Any:
-    """Mappings merge key by key (``None`` deletes), anything else replaces."""
-    if isinstance(base, Mapping) and isinstance(over, Mapping):
-        out = dict(base)
-        for k, v in over.items():
-            if v is None:
-                out.pop(k, None)
-            elif k in out:
-                out[k] = _deep_merge(out[k], v)
-            else:
-                out[k] = copy.deepcopy(v)
-        return out
-    return copy.deepcopy(over)
-
-
-def _merge_phases(base: Any, over: Any, source: str, base_name: str) -> Any:
-    if isinstance(over, list):
-        return copy.deepcopy(over)
-    if not isinstance(over, Mapping):
-        raise ScheduleError(f"expected a list of phases (replacing the base's) or a mapping "
-                            f"phase name -> changes, got {over!r}", "phases", source)
-    if not isinstance(base, list):
-        raise ScheduleError(f"base {base_name!r} has no list of phases to patch", "phases",
-                            source)
-    names = [p.get("name") if isinstance(p, Mapping) else None for p in base]
-    out = [copy.deepcopy(p) for p in base]
-    for pname, change in over.items():
-        path = f"phases.{pname}"
-        if pname in names:
-            k = names.index(pname)
-            if change is None:
-                out[k] = None
-            else:
-                if not isinstance(change, Mapping):
-                    raise ScheduleError(f"expected a mapping of changes or null (remove), got "
-                                        f"{change!r}", path, source)
-                if "name" in change and change["name"] != pname:
-                    raise ScheduleError("renaming a phase through a patch is not supported",
-                                        _join(path, "name"), source)
-                out[k] = _deep_merge(out[k], change)
-        else:
-            if change is None:
-                known = [n for n in names if n]
-                raise ScheduleError(f"base {base_name!r} has no phase {pname!r} to remove"
-                                    f"{_suggest(pname, known)} (phases: {', '.join(known)})",
-                                    path, source)
-            if not isinstance(change, Mapping):
-                raise ScheduleError(f"expected a complete phase for new phase {pname!r}, got "
-                                    f"{change!r}", path, source)
-            out.append({"name": pname, **change})
-    return [p for p in out if p is not None]
-
-
-def _drop_losses(d: dict, drop: Any, source: str) -> None:
-    from hoiguide.losses import LOSSES
-
-    if not isinstance(drop, list) or not all(isinstance(x, str) for x in drop):
-        raise ScheduleError(f"expected a list of loss names, got {drop!r}", "drop_losses",
-                            source)
-    for k, loss in enumerate(drop):
-        if loss not in LOSSES:
-            raise ScheduleError(f"unknown loss{_suggest(loss, LOSSES)}", f"drop_losses[{k}]",
-                                source)
-        hits = 0
-        for p in d.get("phases") or []:
-            w = p.get("weights") if isinstance(p, Mapping) else None
-            if isinstance(w, Mapping):
-                keep = {lab: v for lab, v in w.items()
-                        if not (isinstance(lab, str) and lab.partition("@")[0] == loss)}
-                hits += len(w) - len(keep)
-                p["weights"] = keep
-        if hits == 0:
-            raise ScheduleError(f"no phase uses loss {loss!r}", f"drop_losses[{k}]", source)
-
-
-def _load_raw(text: str, source: str, directory: Optional[Path], stack: tuple[str, ...],
-              default_name: str) -> dict:
-    """Parse one file and resolve its ``base`` chain into one plain mapping."""
-    data = _read_yaml(text, source)
-    if data is None:
-        raise ScheduleError("the file is empty", source=source)
-    if not isinstance(data, Mapping):
-        raise ScheduleError(f"expected a mapping at the top level, got {type(data).__name__}",
-                            source=source)
-    _check_keys(data, _TOP_KEYS, "", source, "a schedule")
-    data = dict(data)
-    base_ref = data.pop("base", None)
-    drop = data.pop("drop_losses", None)
-    if base_ref is None:
-        if drop is not None:
-            raise ScheduleError("'drop_losses' needs a 'base' to drop from", "drop_losses",
-                                source)
-        data.setdefault("name", default_name)
-        return data
-    if not isinstance(base_ref, str):
-        raise ScheduleError(f"expected a preset name or a path, got {base_ref!r}", "base",
-                            source)
-    btext, bsource, bdir, bname = _locate(base_ref, directory, source, "base")
-    if bsource in stack:
-        raise ScheduleError(f"circular base chain: {' -> '.join(stack + (bsource,))}", "base",
-                            source)
-    base = _load_raw(btext, bsource, bdir, stack + (bsource,), bname)
-    phases_over = data.pop("phases", None)
-    merged = _deep_merge(base, data)
-    if phases_over is not None:
-        merged["phases"] = _merge_phases(base.get("phases"), phases_over, source, base_ref)
-    if drop is not None:
-        _drop_losses(merged, drop, source)
-    if "name" not in data:
-        merged["name"] = default_name
-    return merged
-
-
-def _locate(ref: str, directory: Optional[Path], source: Optional[str], path: str
-            ) -> tuple[str, str, Optional[Path], str]:
-    """(text, source label, directory, default name) of a preset name or a file path."""
-    looks_like_path = ref.endswith((".yaml", ".yml")) or "/" in ref or "\\" in ref
-    if looks_like_path:
-        p = Path(ref).expanduser()
-        if not p.is_absolute() and directory is not None:
-            p = directory / p
-        if not p.is_file():
-            raise ScheduleError(f"no such schedule file: {p}", path, source)
-        return p.read_text(), str(p), p.parent, p.stem
-    presets = available_presets()
-    if ref not in presets:
-        raise ScheduleError(f"unknown preset {ref!r}{_suggest(ref, presets)} (presets: "
-                            f"{', '.join(presets)}; or give a path to a .yaml file)", path,
-                            source)
-    res = _preset_dir() / f"{ref}.yaml"
-    return res.read_text(), ref, None, ref
-
-
-def load_schedule(name_or_path: Union[str, Path, Mapping[str, Any], PhaseSchedule]
-                  ) -> PhaseSchedule:
-    """Load and validate a phase schedule.
-
-    Args:
-        name_or_path: a preset name (``"followmyhold"``, see :func:`available_presets`), a
-            path to a YAML file (``.yaml`` / ``.yml``; may derive from a preset with
-            ``base:``), an already-parsed mapping, or a :class:`PhaseSchedule` (returned
-            as is).
-
-    Returns:
-        The validated :class:`PhaseSchedule`.
-
-    Raises:
-        ScheduleError: (a ``ValueError``) naming the file and the YAML path of the problem,
-            with the nearest valid name for misspellings
-            (``phases[2].weights.silhuette: unknown loss; did you mean silhouette?``).
-    """
-    if isinstance(name_or_path, PhaseSchedule):
-        return name_or_path
-    if isinstance(name_or_path, Mapping):
-        if "base" in name_or_path or "drop_losses" in name_or_path:
-            text = yaml.safe_dump(dict(name_or_path))
-            raw = _load_raw(text, "<mapping>", Path.cwd(), ("<mapping>",), "schedule")
-            return _parse_schedule(raw, "<mapping>")
-        return _parse_schedule(name_or_path, None)
-    if not isinstance(name_or_path, (str, Path)):
-        raise TypeError(f"load_schedule: expected a preset name, a path, a mapping or a "
-                        f"PhaseSchedule, got {type(name_or_path).__name__}")
-    ref = str(name_or_path)
-    if isinstance(name_or_path, Path) or Path(ref).expanduser().is_file():
-        p = Path(ref).expanduser()
-        if not p.is_file():
-            raise ScheduleError(f"no such schedule file: {p}")
-        text, source, directory, stem = p.read_text(), str(p), p.parent, p.stem
-    else:
-        text, source, directory, stem = _locate(ref, None, None, "")
-    raw = _load_raw(text, source, directory, (source,), stem)
-    return _parse_schedule(raw, source)

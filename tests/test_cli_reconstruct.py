@@ -15,14 +15,20 @@ import pytest
 import yaml
 
 from hoiguide.testing import GaussianGridBackbone
-from hoiguide.cli.reconstruct import add_reconstruct_parser, cmd_reconstruct, main
+from hoiguide.cli import main as hoiguide_main
+from hoiguide.cli.reconstruct import register, run
+
+
+def main(argv):
+    """``hoiguide reconstruct ARGV``."""
+    return hoiguide_main(["reconstruct", *argv])
 from test_adapters_pipeline import (GUIDANCE, PIPELINE, FakeGeometry, FakeHaMeR,
                                     FakeSegmenter, Recorder, Truth, adapter_env,
                                     only_result_json, png_bytes)
 
 STATE: dict = {}
 OPTION_ARGS = [a for k, v in GUIDANCE.items() for a in ("--option", f"{k}={v}")]
-MOD = "test_adapters_reconstruct_cli"
+MOD = "python:test_cli_reconstruct"
 
 
 # factories named in the models YAML ------------------------------------------------------
@@ -159,7 +165,7 @@ def test_usage_errors_exit_2_and_write_nothing(cli, tmp_path, caplog):
     caplog.clear()
     with caplog.at_level(logging.ERROR, logger="hoiguide"):
         assert main([str(img), "--out", str(foreign), "--models", good, "-q"]) == 2
-    assert "other files" in caplog.text
+    assert "not an earlier 'hoiguide-reconstruct' output" in caplog.text
     assert sorted(p.name for p in foreign.iterdir()) == ["keep.txt"]
     assert cli["rec"].crop is None                      # no run ever started
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
@@ -167,15 +173,15 @@ def test_usage_errors_exit_2_and_write_nothing(cli, tmp_path, caplog):
 
 
 def test_parser_wiring():
-    """add_reconstruct_parser plugs into a `hoiguide`-style parser: defaults and flags."""
+    """register plugs into a `hoiguide`-style parser: defaults and flags."""
     p = argparse.ArgumentParser(prog="hoiguide")
     sub = p.add_subparsers(dest="command", required=True)
-    s = add_reconstruct_parser(sub)
+    s = register(sub)
     assert isinstance(s, argparse.ArgumentParser)
     a = p.parse_args(["reconstruct", "img.jpg", "--out", "d"])
-    assert a.func is cmd_reconstruct
+    assert a.func is run
     assert (a.image, a.out, a.models, a.preset, a.seed, a.object_name, a.left_hand) == \
-        ("img.jpg", "d", "default", "fast", 0, "object", False)
+        ("img.jpg", "d", "default", "fast_posthoc_fit", 0, "object", False)
     a = p.parse_args(["reconstruct", "img.jpg", "--out", "d", "--models", "m.yaml",
                       "--preset", "followmyhold", "--seed", "3", "--object-name", "mug",
                       "--left-hand"])
