@@ -44,8 +44,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,11 +54,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hoiguide.geometry import extract_isosurface, grid_points  # noqa: E402
-from hoiguide.geometry.sparse import sdf_query, sparse_grid  # noqa: E402
-from hoiguide.render import render  # noqa: E402
-from hoiguide.types import Camera, Mesh, Similarity  # noqa: E402
-
+from hoiguide.geometry import extract_isosurface, grid_points
+from hoiguide.geometry.sparse import sdf_query, sparse_grid
+from hoiguide.render import render
+from hoiguide.types import Camera, Mesh, Similarity
 
 # --------------------------------------------------------------------------------------
 # shared pieces
@@ -105,7 +105,8 @@ def _iteration(make_query: Callable[[], Callable[[torch.Tensor], torch.Tensor]],
     loss = (r.silhouette[0] - target["mask"]).square().mean()
     both = r.mask & target["valid"]
     cos = (r.normals * target["normals"]).sum(-1)
-    loss = loss + torch.where(both, 1.0 - cos, torch.zeros_like(cos)).sum() / both.sum().clamp_min(1)
+    loss = loss + (torch.where(both, 1.0 - cos, torch.zeros_like(cos)).sum()
+                   / both.sum().clamp_min(1))
     marks.append((time.perf_counter(), time.process_time()))
     loss.backward()
     marks.append((time.perf_counter(), time.process_time()))
@@ -208,8 +209,9 @@ def bench_tiny(resolutions: list[int], size: int, repeats: int) -> dict[str, Any
         target = _target(lambda: (lambda p: bb.decode_sdf(x0, p)[0]), bb.bounds, res, cam, g2i)
         row: dict[str, Any] = {}
         for mode, opts in MODES.items():
-            row[mode] = _median_runs(lambda: _iteration(make_query, latent, bb.bounds, res,
-                                                        opts, cam, g2i, target), repeats)
+            row[mode] = _median_runs(
+                lambda res=res, opts=opts, target=target: _iteration(
+                    make_query, latent, bb.bounds, res, opts, cam, g2i, target), repeats)
         d = row["dense"]
         for mode in MODES:
             if mode == "dense":
@@ -385,7 +387,7 @@ def run_per_query(chunk: int) -> dict[str, Any]:
 def _subprocess(args: list[str], timeout: float) -> dict[str, Any]:
     cmd = [sys.executable, __file__, *args]
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s", "args": args}
     if p.returncode != 0:

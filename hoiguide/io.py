@@ -510,3 +510,37 @@ def read_numpy_pickle(path: PathLike) -> Any:
     except Exception as exc:  # noqa: BLE001 -- truncated / not a pickle
         raise pickle.UnpicklingError(f"{p}: not a readable pickle ({type(exc).__name__}: "
                                      f"{exc})") from None
+
+
+# ---------------------------------------------------------------------------- configs
+class ConfigError(ValueError):
+    """An invalid configuration file or mapping. ``path`` is the offending YAML path
+    (``phases[2].weights.x``, ``hand.kind``), ``source`` the file; both lead the message."""
+
+    def __init__(self, message: str, path: str = "", source: Optional[str] = None) -> None:
+        self.path = path
+        self.source = source
+        self.detail = message
+        prefix = "".join(p + ": " for p in (source, path) if p)
+        super().__init__(prefix + message)
+
+
+def coerce_options(cls: Any, options: Any, what: Optional[str] = None) -> Any:
+    """An options dataclass from ``None`` (defaults), an instance (itself) or a mapping of its
+    fields (unknown keys raise ``ValueError`` with the nearest field name)."""
+    import dataclasses
+
+    what = what or cls.__name__
+    if options is None:
+        return cls()
+    if isinstance(options, cls):
+        return options
+    if isinstance(options, Mapping):
+        names = [f.name for f in dataclasses.fields(cls)]
+        bad = [k for k in options if k not in names]
+        if bad:
+            raise ValueError(f"{what}: unknown option {bad[0]!r}{did_you_mean(bad[0], names)} "
+                             f"(options: {', '.join(names)})")
+        return cls(**dict(options))
+    raise TypeError(f"options: expected {what}, a mapping or None, got "
+                    f"{type(options).__name__}")

@@ -149,7 +149,7 @@ def test_missing_weights_and_packages(tmp_path, monkeypatch):
     pytest.importorskip("diffusers")
     with pytest.raises(WeightsNotFoundError, match="no such file or folder.*licence"):
         FluxKontextInpainter.from_pretrained(str(tmp_path / "none"), device="cpu")
-    with pytest.raises(WeightsNotFoundError, match=r"(?s)offline mode.*huggingface-cli login"):
+    with pytest.raises(WeightsNotFoundError, match=r"(?s)offline mode.*hf auth login"):
         FluxKontextInpainter.from_pretrained("hoiguide-tests/no-such-kontext", device="cpu",
                                              local_files_only=True)
     monkeypatch.setitem(sys.modules, "diffusers", None)

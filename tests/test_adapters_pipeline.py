@@ -755,7 +755,7 @@ def test_models_load_errors_name_role_and_remedy(tmp_path):
 
 
 def test_pipeline_options_validation():
-    from hoiguide.adapters.pipeline import PipelineOptions
+    from hoiguide.adapters.options import PipelineOptions
 
     o = PipelineOptions.coerce({"crop_size": 64, "alignment": {"trim": 0.1,
                                                               "scale_range": [0.5, 2.0]}})

@@ -122,7 +122,7 @@ def test_loads_saved_folders_offline(tiny, tmp_path):
 
 
 def test_missing_weights_say_where_we_looked(tmp_path):
-    with pytest.raises(WeightsNotFoundError, match="no such file or folder.*huggingface-cli"):
+    with pytest.raises(WeightsNotFoundError, match="no such file or folder.*hf download"):
         TextSegmenter.from_pretrained(str(tmp_path / "nowhere"), backend="transformers")
     with pytest.raises(WeightsNotFoundError, match=r"cache \(offline mode\).*hoiguide-tests/"):
         TextSegmenter.from_pretrained("hoiguide-tests/no-such-detector", local_files_only=True,

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytestmark = [  # gradio's own use of pandas 3 (not ours)
@@ -22,10 +23,12 @@ pytestmark = [  # gradio's own use of pandas 3 (not ours)
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+FLAGS = ["--headless", "--no-sandbox", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-         # software WebGL for the 3D view (no GPU here)
-         "--enable-unsafe-swiftshader", "--use-angle=swiftshader"]
+         # software WebGL for the 3D view (no GPU here): ANGLE on SwiftShader. --disable-gpu
+         # would switch WebGL off altogether and leave the 3D panel blank.
+         "--use-gl=angle", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
+         "--ignore-gpu-blocklist"]
 OPTIONS = {"num_steps": 3, "max_iterations": 1, "grid_resolution": 17,
            "final_resolution": 33, "render_size": 48}
 STAGES = ("loading the generator", "making the sample scene", "simulating the observers",
@@ -115,7 +118,8 @@ def test_app_in_a_real_browser(synth_scene, tmp_path):
             page.wait_for_selector("#overlay img", timeout=30_000)
             page.wait_for_selector("#turntable img", timeout=30_000)
             page.wait_for_selector("#model3d canvas", timeout=30_000)
-            page.wait_for_timeout(1500)          # let the 3D view draw
+            page.wait_for_timeout(3000)          # let the 3D view draw
+            panel_png = page.locator("#model3d canvas").screenshot()
             # the README's picture is refreshed only on request (a test run leaves the tree
             # clean): HOIGUIDE_UPDATE_SCREENSHOTS=1 pytest tests/test_app.py
             shot = tmp_path / "app.png"
@@ -129,6 +133,14 @@ def test_app_in_a_real_browser(synth_scene, tmp_path):
     finally:
         app.close()
     assert status.startswith("status ok"), status
+    # the 3D panel shows the meshes: pixels that are not the white background
+    from io import BytesIO
+
+    from PIL import Image
+
+    panel = np.asarray(Image.open(BytesIO(panel_png)).convert("RGB")).astype(int)
+    drawn = (np.abs(panel - 255).sum(-1) > 40).mean()
+    assert drawn > 0.005, f"the 3D panel is blank ({drawn:.4f} of its pixels drawn)"
     assert seen, "no progress was shown while running"
     for name in ("scene.glb", "object.obj", "turntable.gif", "report.html", "result.json"):
         assert name in files, name

@@ -247,7 +247,7 @@ def test_photo_chain_end_to_end(synth_scene, tmp_path, monkeypatch):
     csv.write_text(f"img_id,img_path\n0,{subj}/{seq}/{serial}/color_{f}.jpg\n")
     out = tmp_path / "out"
     s = run_evaluation("dexycb", root, out, mano_dir=tmp_path / "mano", split=csv,
-                       models=models, schedule="fast", guidance_options=GUIDANCE,
+                       models=models, schedule="fast", guidance_options={**GUIDANCE, "num_steps": 6},
                        pipeline_options=PIPELINE, known_intrinsics=True, num_samples=2000,
                        progress=False)
     r = strict_json(out / "samples" / f"{fid}.json")

@@ -6,7 +6,7 @@ is ``index_put_(accumulate=True)``, which PyTorch runs as a parallel loop of ato
 additions for float32 tensors of >= 32768 gathered elements when more than one thread is
 available: the addition order, hence the last bits of the gradient, changed from run to run
 and a guided reconstruction amplified them (a different mesh, CD 13.675 vs 13.546). The
-library gathers through :func:`hoiguide.geometry._indexing.take` (``index_select``, whose
+library gathers through :func:`hoiguide.geometry.indexing.take` (``index_select``, whose
 backward adds in index order) wherever a gradient flows. Each building block is checked
 above that size with eight threads (on any core count: with more threads than chunks the
 old atomic additions interleave and these checks failed), then a short guided reconstruction

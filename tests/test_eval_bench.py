@@ -56,7 +56,8 @@ def make_scene_set(directory: Path, n: int = 3, size: int = 64) -> Path:
             depth=depth, normals=o.target_normals.numpy(),
             hand_mesh=sc.hand_true, object_mesh=sc.object_true,
             hand_keypoints_3d=kp3, keypoints_2d=sc.camera.project(torch.as_tensor(kp3)).numpy(),
-            metadata={"gen_to_image": sc.gen_to_image_true.to_dict()})
+            metadata={"gen_to_image": sc.gen_to_image_true.to_dict()},
+            object_source=f"pybullet:{598 + i:03d}")   # s0, s1: "trained on"; s2: not
         scene.save(directory / f"s{i}")
         entries.append({"id": f"s{i}", "path": f"s{i}"})
     write_manifest(directory, entries, seed=0)
@@ -409,3 +410,37 @@ def test_camera_roundtrip_of_scene_fixture(scene_dir):
     sc = Scene.load(scene_dir / "s0")
     assert isinstance(sc.camera, Camera) and sc.size == (64, 64)
     assert sc.mask_object.sum() > 50 and sc.mask_hand.sum() > 20
+
+
+def test_training_objects_are_flagged():
+    from hoiguide.apps.score import in_training_set
+
+    pats = ("pybullet:0-599", "procedural:*")
+    assert in_training_set("pybullet:538", pats) and in_training_set("pybullet:000", pats)
+    assert not in_training_set("pybullet:600", pats)
+    assert not in_training_set("pybullet:735", pats)
+    assert in_training_set("procedural:mug", pats)
+    assert in_training_set("procedural:knife@10003", ("procedural:knife@10000-10999",))
+    assert not in_training_set("procedural:knife@20003", ("procedural:knife@10000-10999",))
+    assert not in_training_set("procedural:mug", ("procedural:knife",))
+    assert not in_training_set(None, pats)
+
+
+def test_bundled_generator_records_its_training_objects():
+    from hoiguide.backbones import tiny
+
+    assert tiny().training_objects == ("pybullet:0-599", "procedural:*")
+
+
+def test_bench_flags_scenes_of_training_objects(scene_dir, tmp_path, caplog):
+    bb = GaussianGridBackbone()
+    bb.training_objects = ("pybullet:0-599",)
+    with caplog.at_level("WARNING", logger="hoiguide.apps.bench"):
+        summary = run_benchmark(scene_dir, ["unguided"], tmp_path / "o", backbone=bb,
+                                observe=Observer(), **FAST_KW)
+    res = load_results(tmp_path / "o", "unguided")
+    assert [res[s]["object_in_training_set"] for s in ("s0", "s1", "s2")] == [True, True, False]
+    assert summary["presets"]["unguided"]["n_trained_objects"] == 2
+    assert "pybullet:598, an object the backbone was trained on" in caplog.text
+    assert "2 scene(s) show objects the backbone was trained on" in \
+        (tmp_path / "o" / "summary.md").read_text()

@@ -56,7 +56,7 @@ _EXPORTS = {
     'ModelLoadError': 'models',
     'load_models_config': 'models',
     'PipelineError': 'pipeline',
-    'PipelineOptions': 'pipeline',
+    'PipelineOptions': 'options',
     'ImageError': 'pipeline',
     'load_image': 'pipeline',
     'observations_from_image': 'pipeline',

@@ -205,7 +205,7 @@ class FluxKontextInpainter:
             loader,
             model, what="FLUX.1 Kontext inpainter",
             download=(f"accept the licence at https://huggingface.co/{DEFAULT_KONTEXT}, then "
-                      f"`huggingface-cli login` and `huggingface-cli download {DEFAULT_KONTEXT}`"),
+                      f"`hf auth login` and `hf download {DEFAULT_KONTEXT}`"),
             point_to="FluxKontextInpainter.from_pretrained('/path/to/FLUX.1-Kontext-dev')",
             local_files_only=local_files_only)
         if cpu_offload:

@@ -88,7 +88,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 __all__ = ["Models", "ModelsConfigError", "ModelLoadError", "ROLES", "DEFAULT_MODELS",
            "OFFLINE_MODELS", "load_models_config"]
 
-from hoiguide.io import did_you_mean, load_yaml
+from hoiguide.io import ConfigError, did_you_mean, load_yaml
 
 log = logging.getLogger(__name__)
 
@@ -141,16 +141,9 @@ _STRING_KEYS = ("detector", "sam", "model", "checkpoint", "mano", "subfolder", "
 _DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
-class ModelsConfigError(ValueError):
+class ModelsConfigError(ConfigError):
     """An invalid models file or mapping. ``path`` is the offending YAML path
     (``hand.kind``), ``source`` the file; both appear in the message."""
-
-    def __init__(self, message: str, path: str = "", source: Optional[str] = None) -> None:
-        self.path = path
-        self.source = source
-        self.detail = message
-        prefix = "".join(p + ": " for p in (source, path) if p)
-        super().__init__(prefix + message)
 
 
 class ModelLoadError(RuntimeError):
@@ -281,7 +274,7 @@ def load_models_config(spec: Union[str, Path, Mapping[str, Any], None],
 
 
 def _validate_pipeline(raw: Any, source: Optional[str]) -> dict[str, Any]:
-    from hoiguide.adapters.pipeline import PipelineOptions
+    from hoiguide.adapters.options import PipelineOptions
 
     if raw is None:
         return {}

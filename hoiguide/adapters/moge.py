@@ -232,7 +232,7 @@ class MoGeEstimator:
             if not p.is_file():
                 raise WeightsNotFoundError(
                     f"MoGe: no checkpoint at {p} (a model.pt file, or a folder holding one). "
-                    f"To fix: `huggingface-cli download {DEFAULT_MOGE} model.pt --local-dir "
+                    f"To fix: `hf download {DEFAULT_MOGE} model.pt --local-dir "
                     f"DIR` and pass DIR, or pass a hub id.")
             target = str(p)
         mod = import_optional(f"moge.model.{version}", "MoGeEstimator", "moge", "moge")
@@ -247,7 +247,7 @@ class MoGeEstimator:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise WeightsNotFoundError(
                 f"MoGe: could not load {name!r}. Looked in: {where}: {type(exc).__name__}: "
-                f"{first}\nTo fix: `huggingface-cli download {DEFAULT_MOGE if local else name} "
+                f"{first}\nTo fix: `hf download {DEFAULT_MOGE if local else name} "
                 f"model.pt`, or MoGeEstimator.from_pretrained('/path/to/model.pt').") from exc
         return cls(model, device=device, metric=(version == "v2"), **kwargs)
 

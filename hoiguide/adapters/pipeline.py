@@ -41,12 +41,12 @@ import dataclasses
 import logging
 import math
 import time
-from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 import torch
 
+from hoiguide.adapters.options import PipelineOptions
 from hoiguide.io import ImageError, load_image
 from hoiguide.types import Camera, Mesh, Observations
 
@@ -72,118 +72,6 @@ class PipelineError(RuntimeError):
         self.message = message
         self.status = status or message
         super().__init__(f"{stage}: {message}")
-
-
-@dataclass(frozen=True)
-class PipelineOptions:
-    """Settings of the image chain (not of the models, not of the guidance).
-
-    Attributes:
-        crop_size: side of the square crop in pixels (reference: 512).
-        pad_px, enlarge: crop padding (full-image pixels) and enlargement (reference: 10,
-            1.25).
-        object_image_size, object_margin: the object image's side (pixels) and margin (as a
-            fraction of the object's size) (:func:`hoiguide.adapters.inpainting.object_image`).
-        fallback_prompt: object prompt used when ``object_name`` finds nothing.
-        hand_prompt: the hand prompt.
-        amodal_from_inpainting: cut the object image out with the object mask found again on
-            the inpainted crop (the completed object, ``mask_object_amodal``); else with the
-            visible mask.
-        coarse_steps, coarse_guidance_scale, coarse_resolution: the unguided generator run
-            for the coarse hand-object mesh (steps, CFG weight, decode grid points per axis;
-            ``None``: ``min(backbone.default_resolution, 129)``).
-        min_mask_pixels: masks with fewer crop pixels count as empty.
-        border_px: an object mask reaching within this many full-image pixels of the photo's
-            border is "touching the border".
-        allow_truncated_object: go on (with a warning) when the object touches the border.
-        max_megapixels: larger photos are refused (:func:`load_image`).
-        alignment: :class:`hoiguide.alignment.AlignmentOptions` or a mapping of its fields.
-    """
-
-    crop_size: int = 512
-    pad_px: float = 10.0
-    enlarge: float = 1.25
-    object_image_size: int = 512
-    object_margin: float = 0.1
-    fallback_prompt: str = "manipulated object"
-    hand_prompt: str = "hand"
-    amodal_from_inpainting: bool = True
-    coarse_steps: int = 20
-    coarse_guidance_scale: float = 5.0
-    coarse_resolution: Optional[int] = None
-    min_mask_pixels: int = 16
-    border_px: float = 1.0
-    allow_truncated_object: bool = False
-    max_megapixels: float = 40.0
-    alignment: Any = None
-
-    def __post_init__(self) -> None:
-        from hoiguide.alignment import AlignmentOptions
-
-        def pos_int(name: str, lo: int) -> None:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-                raise ValueError(f"PipelineOptions.{name}: expected an integer >= {lo}, got "
-                                 f"{v!r}")
-
-        pos_int("crop_size", 16)
-        pos_int("object_image_size", 16)
-        pos_int("coarse_steps", 1)
-        pos_int("min_mask_pixels", 1)
-        if self.coarse_resolution is not None:
-            pos_int("coarse_resolution", 8)
-        for name, lo in (("pad_px", 0.0), ("border_px", 0.0), ("object_margin", 0.0)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
-                    or v < lo:
-                raise ValueError(f"PipelineOptions.{name}: expected a number >= {lo}, got "
-                                 f"{v!r}")
-        for name in ("enlarge", "max_megapixels", "coarse_guidance_scale"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
-                    or v <= 0:
-                raise ValueError(f"PipelineOptions.{name}: expected a number > 0, got {v!r}")
-        for name in ("fallback_prompt", "hand_prompt"):
-            v = getattr(self, name)
-            if not isinstance(v, str) or not v.strip():
-                raise ValueError(f"PipelineOptions.{name}: expected a non-empty string, got "
-                                 f"{v!r}")
-        a = self.alignment
-        if a is None or isinstance(a, AlignmentOptions):
-            return
-        if isinstance(a, Mapping):
-            names = {f.name for f in dataclasses.fields(AlignmentOptions)}
-            bad = [k for k in a if k not in names]
-            if bad:
-                raise ValueError(f"PipelineOptions.alignment: unknown AlignmentOptions field "
-                                 f"{bad[0]!r} (fields: {', '.join(sorted(names))})")
-            vals = {k: tuple(v) if isinstance(v, list) else v for k, v in a.items()}
-            object.__setattr__(self, "alignment", AlignmentOptions(**vals))
-            return
-        raise TypeError(f"PipelineOptions.alignment: expected AlignmentOptions, a mapping or "
-                        f"None, got {type(a).__name__}")
-
-    @classmethod
-    def coerce(cls, options: Union["PipelineOptions", Mapping[str, Any], None]
-               ) -> "PipelineOptions":
-        """``None`` -> defaults; a mapping -> validated options (unknown keys named)."""
-        if options is None:
-            return cls()
-        if isinstance(options, cls):
-            return options
-        if isinstance(options, Mapping):
-            import difflib
-
-            names = [f.name for f in dataclasses.fields(cls)]
-            bad = [k for k in options if k not in names]
-            if bad:
-                close = difflib.get_close_matches(str(bad[0]), names, n=1)
-                raise ValueError(f"PipelineOptions: unknown option {bad[0]!r}"
-                                 f"{'; did you mean ' + close[0] + '?' if close else ''} "
-                                 f"(options: {', '.join(names)})")
-            return cls(**dict(options))
-        raise TypeError(f"options: expected PipelineOptions, a mapping or None, got "
-                        f"{type(options).__name__}")
 
 
 # ---------------------------------------------------------------------- frames
@@ -337,7 +225,7 @@ def _as_tensor(x: Any, dtype: torch.dtype) -> Optional[torch.Tensor]:
     return torch.as_tensor(np.asarray(x), dtype=dtype)
 
 
-def _check_camera(camera: Any, width: int, height: int) -> Camera:
+def check_camera(camera: Any, width: int, height: int) -> Camera:
     if isinstance(camera, (tuple, list)) and len(camera) == 4 and \
             all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in camera):
         return Camera(float(camera[0]), float(camera[1]), float(camera[2]), float(camera[3]),
@@ -443,7 +331,7 @@ def observations_from_image(image: Any, models: Any, *, object_name: str = "obje
     img, img_info = load_image(image, max_megapixels=opts.max_megapixels)
     H, W = img.shape[:2]
     if camera is not None:
-        camera = _check_camera(camera, W, H)
+        camera = check_camera(camera, W, H)
     return run_chain(img, img_info, mdl, object_name.strip(), camera, int(seed),
                   bool(left_hand), opts)
 

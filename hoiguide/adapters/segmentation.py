@@ -251,12 +251,12 @@ class TextSegmenter:
 
         det, det_proc = load_pretrained(
             det_loader, detector, what="GroundingDINO detector",
-            download=f"huggingface-cli download {DEFAULT_DETECTOR}",
+            download=f"hf download {DEFAULT_DETECTOR}",
             point_to="TextSegmenter.from_pretrained(detector='/path/to/grounding-dino-folder')",
             local_files_only=local_files_only)
         sam_m, sam_proc = load_pretrained(
             sam_loader, sam, what="SAM mask model",
-            download=f"huggingface-cli download {DEFAULT_SAM}",
+            download=f"hf download {DEFAULT_SAM}",
             point_to="TextSegmenter.from_pretrained(sam='/path/to/sam-folder')",
             local_files_only=local_files_only)
         return cls(det, det_proc, sam_m, sam_proc, device=device, box_threshold=box_threshold,

@@ -72,9 +72,14 @@ from typing import Any, Mapping, Optional, Sequence, Union
 __all__ = ["run_batch", "discover_items", "parse_shard", "BatchItem", "BatchWorker",
            "BatchError", "IMAGE_SUFFIXES", "SUMMARY_NAME", "TMP_DIR"]
 
-from hoiguide.io import commit_folder, failure_record, fingerprint, read_json, write_json
-
 from hoiguide.backbones.spec import load_backbone
+from hoiguide.io import (
+    commit_folder,
+    failure_record,
+    fingerprint,
+    read_json,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -383,8 +388,7 @@ class BatchWorker:
                 self.loads["models"] += 1
                 from hoiguide.adapters.models import Models
 
-                m = Models.offline() if spec == "offline" else \
-                    Models.default() if spec == "default" else Models.load(spec)
+                m = Models.load(spec)
                 if self._device is not None:
                     m = m.with_device(self._device)
                 if self.cfg.backbone is not None:
@@ -563,7 +567,7 @@ def run_batch(input: Union[str, Path], out: Union[str, Path], *,
     opts = dict(options or {})
     GuidanceOptions.coerce(opts)                    # ValueError naming a bad option
     if pipeline_options is not None:
-        from hoiguide.adapters.pipeline import PipelineOptions
+        from hoiguide.adapters.options import PipelineOptions
 
         PipelineOptions.coerce(dict(pipeline_options))
     from hoiguide.synth.observers import ObserverNoise

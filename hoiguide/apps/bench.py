@@ -39,18 +39,26 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shlex
-import statistics
 import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 __all__ = ["run_benchmark", "summarize", "format_table", "scene_seed", "resolve_scenes",
            "resolve_presets", "BenchmarkError",
            "METRICS"]
 
-from hoiguide.apps.score import METRICS, finite, reconstruct_and_score, scene_seed
+from hoiguide.apps.score import (
+    METRICS,
+    finite,
+    format_number,
+    in_training_set,
+    progress_bar,
+    reconstruct_and_score,
+    scene_seed,
+    stats,
+)
 from hoiguide.apps.score import backbone_name as name_of_backbone
 from hoiguide.io import failure_record, fingerprint, read_json, write_json, write_mesh
 
@@ -194,16 +202,6 @@ def _run_pair(res: dict[str, Any], scene: Any, obs: Any, schedule: Any, *, backb
 # --------------------------------------------------------------------------------------
 
 
-def _progress_bar(total: int, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc="bench", unit="run", leave=True)
-
-
 def run_benchmark(scenes: Union[PathLike, Sequence[PathLike]], presets: Sequence[Any],
                   out: PathLike, *, backbone: Any,
                   observe: Optional[Callable[[Any, int], Any]] = None,
@@ -264,6 +262,7 @@ def run_benchmark(scenes: Union[PathLike, Sequence[PathLike]], presets: Sequence
     opts = GuidanceOptions.coerce(options)
     opts_dict = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)}
     bname = backbone_name or name_of_backbone(backbone)
+    training = tuple(getattr(backbone, "training_objects", ()) or ())
     if observe is None:
         try:
             from hoiguide.synth.observers import simulate_observations
@@ -290,7 +289,7 @@ def run_benchmark(scenes: Union[PathLike, Sequence[PathLike]], presets: Sequence
                     command if command is not None else shlex.join(sys.argv))
 
     total = len(scene_list) * len(preset_list)
-    bar = _progress_bar(total, progress)
+    bar = progress_bar(total, progress, "bench", "run")
     redirect = None
     if bar is not None:
         try:
@@ -326,6 +325,11 @@ def run_benchmark(scenes: Union[PathLike, Sequence[PathLike]], presets: Sequence
                 scene = Scene.load(scene_dir)
             except Exception as exc:  # noqa: BLE001 -- recorded, counts against RR
                 shared_fail = _failed("load", exc, f"scene {scene_id}")
+            trained = scene is not None and in_training_set(scene.object_source, training)
+            if trained:
+                log.warning("bench: scene %s shows %s, an object the backbone was trained on "
+                            "(its training_objects): its numbers say little about unseen "
+                            "objects", scene_id, scene.object_source)
             if shared_fail is None:
                 t = time.perf_counter()
                 try:
@@ -352,6 +356,7 @@ def run_benchmark(scenes: Union[PathLike, Sequence[PathLike]], presets: Sequence
                                         res["phase"], res["reason"])
                 record = _record(scene_id, scene_dir, name, s_seed, fingerprints[name],
                                  configs[name], res, t_obs, time.perf_counter() - t0)
+                record["object_in_training_set"] = trained
                 write_json(path, record)
                 counts[record["status"]] += 1
                 done += 1
@@ -442,26 +447,20 @@ def _write_run_info(out: Path, scene_list: list[tuple[str, Path]], scenes_arg: A
 # --------------------------------------------------------------------------------------
 
 
-def _stats(values: Iterable[Optional[float]]) -> dict[str, Optional[float]]:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return {"mean": None, "median": None}
-    return {"mean": float(statistics.fmean(vals)), "median": float(statistics.median(vals))}
-
-
 def _preset_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
     ok = [r for r in results if r.get("status") == "ok" and r.get("metrics")]
     n = len(results)
     summary: dict[str, Any] = {}
     for key, _, _ in METRICS:
-        summary[key] = _stats(finite(r["metrics"].get(key)) for r in ok)
+        summary[key] = stats(finite(r["metrics"].get(key)) for r in ok)
     summary["rr"] = (len(ok) / n) if n else None
-    summary["seconds"] = _stats(finite((r.get("seconds") or {}).get("reconstruct"))
+    summary["seconds"] = stats(finite((r.get("seconds") or {}).get("reconstruct"))
                                 for r in ok)
-    summary["seconds_total"] = _stats(finite((r.get("seconds") or {}).get("total"))
+    summary["seconds_total"] = stats(finite((r.get("seconds") or {}).get("total"))
                                       for r in ok)
     summary["n"] = n
     summary["n_ok"] = len(ok)
+    summary["n_trained_objects"] = sum(bool(r.get("object_in_training_set")) for r in results)
     summary["failures"] = [{"scene_id": r.get("scene_id"), "phase": r.get("phase"),
                             "reason": r.get("reason")}
                            for r in results if not (r.get("status") == "ok"
@@ -533,10 +532,6 @@ def summarize(out: PathLike) -> dict[str, Any]:
     return summary
 
 
-def _fmt(x: Optional[float], digits: int) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
-
-
 def format_table(summary: Mapping[str, Any], *, stat: str = "mean") -> str:
     """One Markdown table in the paper's layout, a row per preset:
     ``| preset | CD (cm^2) ↓ | F5 ↑ | F10 ↑ | IV (cm^3) ↓ | RR ↑ | s/scene |``.
@@ -557,10 +552,10 @@ def format_table(summary: Mapping[str, Any], *, stat: str = "mean") -> str:
              "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     for name, s in presets.items():
         cells = [str(name)]
-        cells += [_fmt((s.get(k) or {}).get(stat), d) for k, _, d in METRICS]
+        cells += [format_number((s.get(k) or {}).get(stat), d) for k, _, d in METRICS]
         rr = s.get("rr")
         cells.append("–" if rr is None else f"{rr:.2f} ({s.get('n_ok', 0)}/{s.get('n', 0)})")
-        cells.append(_fmt((s.get("seconds") or {}).get(stat), 2))
+        cells.append(format_number((s.get("seconds") or {}).get(stat), 2))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -587,6 +582,11 @@ def _markdown(summary: Mapping[str, Any]) -> str:
                 run.get("backbone"), run.get("noise"), run.get("seed")):
             lines.append(f"- note: {name} was run with backbone {cfg.get('backbone')}, noise "
                          f"{cfg.get('noise')}, seed {cfg.get('seed')}")
+    trained = max((s.get("n_trained_objects") or 0
+                   for s in (summary.get("presets") or {}).values()), default=0)
+    if trained:
+        lines.append(f"- **warning**: {trained} scene(s) show objects the backbone was trained "
+                     f"on: these numbers do not measure unseen objects")
     lines += ["", "## Mean over scenes", "", format_table(summary, stat="mean"),
               "## Median over scenes", "", format_table(summary, stat="median")]
     fails = [(name, f) for name, s in (summary.get("presets") or {}).items()

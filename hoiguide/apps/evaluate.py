@@ -39,7 +39,6 @@ import dataclasses
 import itertools
 import logging
 import shlex
-import statistics
 import sys
 import time
 import traceback
@@ -49,7 +48,14 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from hoiguide.apps.score import backbone_name, finite, scene_seed
+from hoiguide.apps.score import (
+    backbone_name,
+    finite,
+    format_number,
+    progress_bar,
+    scene_seed,
+    stats,
+)
 from hoiguide.io import failure_record, fingerprint, read_json, write_json, write_mesh
 from hoiguide.types import Mesh, Similarity
 
@@ -241,16 +247,6 @@ def read_prediction(predictions: Path, sample: Any) -> tuple[Mesh, Mesh, dict[st
 # --------------------------------------------------------------------------------------
 
 
-def _progress_bar(total: int, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc="eval", unit="frame", leave=True)
-
-
 def _object_prompt(name: str) -> str:
     """A dataset object name as words for the detection prompt (``006_mustard_bottle`` ->
     ``mustard bottle``)."""
@@ -332,7 +328,7 @@ def run_evaluation(dataset: str, root: PathLike, out: PathLike, *,
         name = method_name or f"predictions:{pred_dir.name}"
     else:
         from hoiguide.adapters.models import Models
-        from hoiguide.adapters.pipeline import PipelineOptions
+        from hoiguide.adapters.options import PipelineOptions
         from hoiguide.guidance.records import GuidanceOptions
         from hoiguide.phases import DEFAULT_SCHEDULE, load_schedule
 
@@ -373,7 +369,7 @@ def run_evaluation(dataset: str, root: PathLike, out: PathLike, *,
                 "command": command if command is not None else shlex.join(sys.argv)}
 
     counts = {"ok": 0, "failed": 0, "skipped": 0}
-    bar = _progress_bar(len(selection), progress)
+    bar = progress_bar(len(selection), progress, "eval", "frame")
     wrote_run = False
     try:
         for i, sel in enumerate(selection):
@@ -511,13 +507,6 @@ def _photo_chain(sample: Any, chain: Mapping[str, Any], seed: int, rec: dict[str
 # --------------------------------------------------------------------------------------
 
 
-def _stats(values: Sequence[Optional[float]]) -> dict[str, Optional[float]]:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return {"mean": None, "median": None}
-    return {"mean": float(statistics.fmean(vals)), "median": float(statistics.median(vals))}
-
-
 def summarize_evaluation(out: PathLike) -> dict[str, Any]:
     """(Re)build ``out/summary.json`` and ``out/summary.md`` from ``run.json`` and the
     records in ``out/samples``: the frames ``run.json`` selects whose record has its
@@ -543,7 +532,7 @@ def summarize_evaluation(out: PathLike) -> dict[str, Any]:
     ok = [r for r in results if r.get("status") == "ok" and r.get("metrics")]
     video = bool((run.get("config") or {}).get("video_protocol"))
     keys = PAPER_METRICS + (VIDEO_METRICS if video else ())
-    metrics = {k: _stats([finite((r["metrics"] or {}).get(k)) for r in ok])
+    metrics = {k: stats([finite((r["metrics"] or {}).get(k)) for r in ok])
                for k, _, _ in keys}
     n = len(results)
     summary = {
@@ -554,7 +543,7 @@ def summarize_evaluation(out: PathLike) -> dict[str, Any]:
         "video_protocol": video,
         "n": n, "n_ok": len(ok), "rr": (len(ok) / n) if n else None,
         "n_missing": missing, "n_stale": stale, "metrics": metrics,
-        "seconds_predict": _stats([finite((r.get("seconds") or {}).get("predict"))
+        "seconds_predict": stats([finite((r.get("seconds") or {}).get("predict"))
                                    for r in ok]),
         "failures": [{"id": r.get("id"), "phase": r.get("phase"), "reason": r.get("reason")}
                      for r in results if r not in ok],
@@ -565,10 +554,6 @@ def summarize_evaluation(out: PathLike) -> dict[str, Any]:
     write_json(out / "summary.json", summary)
     (out / "summary.md").write_text(_markdown(summary))
     return summary
-
-
-def _fmt(x: Optional[float], digits: int) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
 
 
 def format_tables(summary: Mapping[str, Any], *, stat: str = "mean") -> str:
@@ -585,7 +570,7 @@ def format_tables(summary: Mapping[str, Any], *, stat: str = "mean") -> str:
 
     def table(metrics: Sequence[tuple[str, str, int]], with_rr: bool) -> list[str]:
         head = ["method"] + [h for _, h, _ in metrics] + (["RR ↑"] if with_rr else [])
-        cells = [str(name)] + [_fmt((m.get(k) or {}).get(stat), d) for k, _, d in metrics]
+        cells = [str(name)] + [format_number((m.get(k) or {}).get(stat), d) for k, _, d in metrics]
         if with_rr:
             cells.append(rr_cell)
         return ["| " + " | ".join(head) + " |",

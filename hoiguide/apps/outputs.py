@@ -222,8 +222,14 @@ def _draw_pictures(out: Path, rec: Any, img: Optional[np.ndarray], camera: Any,
                    skipped: dict[str, str]) -> None:
     import torch
 
-    from hoiguide.pictures import label, loss_plot, overlay, side_by_side, turntable, \
-        turntable_frame
+    from hoiguide.pictures import (
+        label,
+        loss_plot,
+        overlay,
+        side_by_side,
+        turntable,
+        turntable_frame,
+    )
     from hoiguide.types import Similarity
 
     colors = [HAND_COLOR[:3], OBJECT_COLOR[:3]]

@@ -19,12 +19,25 @@ from typing import Any, Mapping, Optional, Union
 import numpy as np
 
 from hoiguide.adapters.models import Models
-from hoiguide.adapters.pipeline import (PipelineError, PipelineOptions, _check_camera,
-                                        check_chain_arguments, run_chain, to_full_frame)
-from hoiguide.apps.outputs import OUTPUT_FILES as _DRAWN, write_outputs
+from hoiguide.adapters.pipeline import (
+    PipelineError,
+    PipelineOptions,
+    check_camera,
+    check_chain_arguments,
+    run_chain,
+    to_full_frame,
+)
+from hoiguide.apps.outputs import OUTPUT_FILES as _DRAWN
+from hoiguide.apps.outputs import write_outputs
 from hoiguide.guidance.engine import GuidedSampler
 from hoiguide.guidance.records import GuidanceOptions
-from hoiguide.io import check_output_folder, commit_folder, load_image, save_png, write_json
+from hoiguide.io import (
+    check_output_folder,
+    commit_folder,
+    load_image,
+    save_png,
+    write_json,
+)
 from hoiguide.phases import DEFAULT_SCHEDULE, load_schedule
 from hoiguide.types import Camera
 
@@ -150,7 +163,7 @@ def reconstruct_image(image: Any, out_dir: Union[str, Path], *, models: Any = No
     img, img_info = load_image(image, max_megapixels=opts.max_megapixels)
     H, W = img.shape[:2]
     if camera is not None:
-        camera = _check_camera(camera, W, H)
+        camera = check_camera(camera, W, H)
     t = time.perf_counter()
     mdl.build()
     parts: dict[str, float] = {"models": time.perf_counter() - t}

@@ -7,14 +7,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import statistics
 import time
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from hoiguide.eval.protocol import hand_aligned_metrics
 from hoiguide.guidance.engine import GuidedSampler
 from hoiguide.result import Reconstruction
 
-__all__ = ["METRICS", "scene_seed", "finite", "backbone_name", "reconstruct_and_score"]
+__all__ = ["METRICS", "scene_seed", "finite", "backbone_name", "reconstruct_and_score", "stats",
+           "format_number", "progress_bar", "in_training_set"]
 
 log = logging.getLogger(__name__)
 
@@ -109,3 +111,57 @@ def reconstruct_and_score(scene: Any, obs: Any, schedule: Any, *, backbone: Any,
         return rec, res
     res.update(status="ok", phase=None, reason=None)
     return rec, res
+
+
+def stats(values: Iterable[Optional[float]]) -> dict[str, Optional[float]]:
+    """``{"mean", "median"}`` of the values that are not ``None`` (both ``None`` if none)."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return {"mean": None, "median": None}
+    return {"mean": float(statistics.fmean(vals)), "median": float(statistics.median(vals))}
+
+
+def format_number(x: Optional[float], digits: int) -> str:
+    """``x`` with ``digits`` decimals, or an en dash for a missing value (tables)."""
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def progress_bar(total: int, enabled: bool, desc: str, unit: str) -> Any:
+    """A tqdm bar over ``total`` items (``None`` when disabled or tqdm is missing)."""
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, unit=unit, leave=True)
+
+
+def in_training_set(source: Optional[str], patterns: Iterable[str]) -> bool:
+    """Whether an object spec (a scene's ``object``: ``"pybullet:538"``,
+    ``"procedural:mug"``, ``"procedural:mug@10003"``) matches one of a generator's
+    training patterns (``"pybullet:0-599"``, ``"procedural:*"``, ``"procedural:mug"``,
+    ``"procedural:mug@0-9999"``)."""
+    if not source:
+        return False
+    kind, _, rest = str(source).partition(":")
+    name, _, seed = rest.partition("@")
+    for pat in patterns:
+        pkind, _, prest = str(pat).partition(":")
+        if pkind != kind:
+            continue
+        pname, _, pseed = prest.partition("@")
+        if kind == "pybullet" and "-" in pname and name.isdigit():
+            lo, hi = (int(x) for x in pname.split("-", 1))
+            if lo <= int(name) <= hi:
+                return True
+            continue
+        if pname not in ("*", name):
+            continue
+        if not pseed:
+            return True
+        if seed.isdigit() and "-" in pseed:
+            lo, hi = (int(x) for x in pseed.split("-", 1))
+            if lo <= int(seed) <= hi:
+                return True
+    return False

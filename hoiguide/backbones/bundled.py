@@ -29,7 +29,7 @@ import torch
 from hoiguide.backbones.hunyuan import HunyuanBackbone
 
 __all__ = ["tiny", "TINY_WEIGHTS_PACKAGE", "TINY_DEFAULT_RESOLUTION",
-           "TINY_GUIDANCE_RESOLUTION"]
+           "TINY_GUIDANCE_RESOLUTION", "read_training_objects"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,22 @@ def tiny(device: torch.device | str | None = None, dtype: torch.dtype | None = N
                 f"reinstall hoiguide (package data hoiguide/backbones/weights/tiny) or rebuild "
                 f"them with scripts/train_tiny_generator.py")
         log.debug("loading the bundled tiny generator from %s", folder)
-        return HunyuanBackbone.from_pretrained(folder, subfolder=None, device=device,
-                                               dtype=dtype, variant=None,
-                                               local_files_only=True, **kwargs)
+        bb = HunyuanBackbone.from_pretrained(folder, subfolder=None, device=device,
+                                             dtype=dtype, variant=None, local_files_only=True,
+                                             **kwargs)
+        bb.training_objects = read_training_objects(folder)
+        return bb
+
+
+def read_training_objects(folder: Any) -> tuple[str, ...]:
+    """The object specs a generator was trained on, from ``training_objects.json`` beside its
+    weights (``("pybullet:0-599", "procedural:*")`` for the bundled one; empty when the
+    file is absent). Benchmarks warn about scenes whose object is in this list."""
+    from pathlib import Path
+
+    from hoiguide.io import read_json
+
+    data = read_json(Path(folder) / "training_objects.json", default=None)
+    if not isinstance(data, dict) or not isinstance(data.get("objects"), list):
+        return ()
+    return tuple(str(o) for o in data["objects"])

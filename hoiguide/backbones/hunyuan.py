@@ -532,14 +532,23 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, subfolder: str | None = 
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             looked.append(f"Hugging Face {where} for {name!r}: {type(exc).__name__}: {msg}")
     listing = "\n".join(f"  - {entry}" for entry in looked)
+    try:
+        import importlib.util
+        have_hy3dgen = importlib.util.find_spec("hy3dgen") is not None
+    except (ImportError, ValueError):
+        have_hy3dgen = False
+    steps = [] if have_hy3dgen else [f"install the extra with `{INSTALL_HINT}`"]
+    if path_like:
+        steps.append(f"put {_weights_hint(variant)} in {p} or its {sub!r} subfolder")
+    else:
+        steps.append(f"download the weights: `hf download {name} --include "
+                     f"'{sub or DEFAULT_SUBFOLDER}/*' --local-dir /path/to/{name.split('/')[-1]}`"
+                     f" and load HunyuanBackbone.from_pretrained('/path/to/"
+                     f"{name.split('/')[-1]}'), or set HY3DGEN_MODELS=/path/to/models so that "
+                     f"$HY3DGEN_MODELS/{name}/{sub} holds them")
     raise CheckpointNotFoundError(
         f"Could not find Hunyuan3D-2 weights for {name!r} (subfolder {sub!r}). Looked in:\n"
-        f"{listing}\n"
-        f"To fix: install the extra with `{INSTALL_HINT}`; then download the weights, e.g. "
-        f"`huggingface-cli download tencent/Hunyuan3D-2 --include '{sub or DEFAULT_SUBFOLDER}/*'`"
-        f", or point hoiguide at local weights: HunyuanBackbone.from_pretrained('/path/to/folder')"
-        f" where the folder or its {sub!r} subfolder holds {_weights_hint(variant)}, or set "
-        f"HY3DGEN_MODELS=/path/to/models so that $HY3DGEN_MODELS/{name}/{sub} holds them.")
+        f"{listing}\nTo fix: " + "; then ".join(steps) + ".")
 
 
 # --------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from hoiguide.io import RestrictedUnpickler, load_image, read_numpy_pickle
+from hoiguide.datasets.errors import DatasetError
 from hoiguide.types import Camera, Mesh
 
 __all__ = ["Sample", "Dataset", "DatasetError", "Selected", "camera_from_opencv",
@@ -34,11 +35,6 @@ PathLike = Union[str, Path]
 #: MANO joint order (16 joints + 5 fingertips appended in the MANO finger order, as the
 #: HO3D and ARCTIC annotations store them) -> OpenPose order (wrist, thumb..pinky tip-last)
 MANO_TO_OPENPOSE = (0, 13, 14, 15, 16, 1, 2, 3, 17, 4, 5, 6, 18, 10, 11, 12, 19, 7, 8, 9, 20)
-
-
-class DatasetError(ValueError):
-    """A dataset file is missing or malformed, or a loader argument is wrong. The message is
-    one line naming the file (or argument) and the layout the loader expects."""
 
 
 @dataclass(frozen=True, eq=False)

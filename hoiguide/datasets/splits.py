@@ -32,7 +32,7 @@ def read_split(path: Union[str, Path]) -> list[dict[str, str]]:
         DatasetError: no such file, no header, a missing required column, an empty file or
             a row without an image path (the message names the file and the row).
     """
-    from hoiguide.datasets.base import DatasetError
+    from hoiguide.datasets.errors import DatasetError
 
     p = Path(path).expanduser()
     if not p.is_file():

@@ -44,13 +44,14 @@ _CHUNK = 1_000_000
 # --------------------------------------------------------------------------------------
 
 
-def _check_count(n: Any, name: str, fn: str) -> int:
+def check_count(n: Any, name: str, fn: str) -> int:
+    """``n`` as a positive int, or a ``ValueError`` naming ``fn`` and the argument ``name``."""
     if isinstance(n, bool) or int(n) != n or int(n) <= 0:
         raise ValueError(f"{fn}: expected {name} to be a positive integer, got {n!r}")
     return int(n)
 
 
-def _points(x: Geometry, name: str, fn: str, num_samples: int, seed: int) -> np.ndarray:
+def geometry_points(x: Geometry, name: str, fn: str, num_samples: int, seed: int) -> np.ndarray:
     """A geometry as ``(N, 3)`` float64 points: meshes sampled, points checked."""
     if isinstance(x, Mesh):
         if x.is_empty:
@@ -62,7 +63,7 @@ def _points(x: Geometry, name: str, fn: str, num_samples: int, seed: int) -> np.
     return as_points(x, name, fn)
 
 
-def _nn_distances(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def nn_distances(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Nearest-neighbour distances ``a -> b`` (len(a),) and ``b -> a`` (len(b),)."""
     from scipy.spatial import cKDTree
 
@@ -81,11 +82,13 @@ def _check_threshold(threshold: Any, fn: str) -> float:
     return t
 
 
-def _chamfer_from(d_ab: np.ndarray, d_ba: np.ndarray) -> float:
+def chamfer_from(d_ab: np.ndarray, d_ba: np.ndarray) -> float:
+    """Chamfer distance in cm^2 from nearest-neighbour distances in metres, both ways."""
     return float((np.mean(d_ab ** 2) + np.mean(d_ba ** 2)) * M2_TO_CM2)
 
 
-def _fscore_from(d_ab: np.ndarray, d_ba: np.ndarray, t: float) -> float:
+def fscore_from(d_ab: np.ndarray, d_ba: np.ndarray, t: float) -> float:
+    """F-score at threshold ``t`` (metres) from nearest-neighbour distances both ways."""
     precision = float(np.mean(d_ab < t))
     recall = float(np.mean(d_ba < t))
     if precision + recall == 0:
@@ -116,10 +119,10 @@ def chamfer_distance(a: Geometry, b: Geometry, *, num_samples: int = 10000,
         The Chamfer distance in cm^2 (``>= 0``; 0 for identical point sets).
     """
     fn = "chamfer_distance"
-    num_samples = _check_count(num_samples, "num_samples", fn)
-    pa = _points(a, "a", fn, num_samples, seed)
-    pb = _points(b, "b", fn, num_samples, seed)
-    return _chamfer_from(*_nn_distances(pa, pb))
+    num_samples = check_count(num_samples, "num_samples", fn)
+    pa = geometry_points(a, "a", fn, num_samples, seed)
+    pb = geometry_points(b, "b", fn, num_samples, seed)
+    return chamfer_from(*nn_distances(pa, pb))
 
 
 def fscore(a: Geometry, b: Geometry, threshold: float, *, num_samples: int = 10000,
@@ -143,10 +146,10 @@ def fscore(a: Geometry, b: Geometry, threshold: float, *, num_samples: int = 100
     """
     fn = "fscore"
     t = _check_threshold(threshold, fn)
-    num_samples = _check_count(num_samples, "num_samples", fn)
-    pa = _points(a, "a", fn, num_samples, seed)
-    pb = _points(b, "b", fn, num_samples, seed)
-    return _fscore_from(*_nn_distances(pa, pb), t)
+    num_samples = check_count(num_samples, "num_samples", fn)
+    pa = geometry_points(a, "a", fn, num_samples, seed)
+    pb = geometry_points(b, "b", fn, num_samples, seed)
+    return fscore_from(*nn_distances(pa, pb), t)
 
 
 def _voxel_centres(lo: np.ndarray, hi: np.ndarray, voxel: float) -> tuple[np.ndarray, ...]:

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from hoiguide.eval.metrics import (_chamfer_from, _check_count, _fscore_from, _nn_distances,
-                                   _points, intersection_volume)
+from hoiguide.eval.metrics import (chamfer_from, check_count, fscore_from, nn_distances,
+                                   geometry_points, intersection_volume)
 from hoiguide.types import Camera, Mesh, Similarity
 
 __all__ = ["hand_alignment", "hand_aligned_metrics", "hidden_surface_mask"]
@@ -147,7 +147,7 @@ def hand_aligned_metrics(pred_hand: Mesh, pred_object: Mesh, gt_hand: Mesh, gt_o
     for name, m in (("pred_hand", pred_hand), ("pred_object", pred_object),
                     ("gt_hand", gt_hand), ("gt_object", gt_object)):
         _check_mesh(m, name, fn)
-    num_samples = _check_count(num_samples, "num_samples", fn)
+    num_samples = check_count(num_samples, "num_samples", fn)
     if alignment is None:
         alignment = hand_alignment(pred_hand, gt_hand, num_samples=num_samples, seed=seed)
     elif not isinstance(alignment, Similarity):
@@ -156,13 +156,13 @@ def hand_aligned_metrics(pred_hand: Mesh, pred_object: Mesh, gt_hand: Mesh, gt_o
     T = alignment.detach()
     hand_al = pred_hand.detach().to(dtype=torch.float64).transformed(T)
     obj_al = pred_object.detach().to(dtype=torch.float64).transformed(T)
-    p_obj = _points(obj_al, "aligned pred_object", fn, num_samples, seed)
-    g_obj = _points(gt_object, "gt_object", fn, num_samples, seed)
-    d_pg, d_gp = _nn_distances(p_obj, g_obj)
+    p_obj = geometry_points(obj_al, "aligned pred_object", fn, num_samples, seed)
+    g_obj = geometry_points(gt_object, "gt_object", fn, num_samples, seed)
+    d_pg, d_gp = nn_distances(p_obj, g_obj)
     out = {
-        "cd_cm2": _chamfer_from(d_pg, d_gp),
-        "f5": _fscore_from(d_pg, d_gp, 0.005),
-        "f10": _fscore_from(d_pg, d_gp, 0.010),
+        "cd_cm2": chamfer_from(d_pg, d_gp),
+        "f5": fscore_from(d_pg, d_gp, 0.005),
+        "f10": fscore_from(d_pg, d_gp, 0.010),
         "iv_cm3": intersection_volume(hand_al, obj_al, voxel=voxel),
         "alignment": T,
     }

@@ -60,7 +60,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from hoiguide.geometry._indexing import take
+from hoiguide.geometry.indexing import take
 from hoiguide.types import ArrayLike, Mesh
 
 __all__ = ["grid_points", "extract_isosurface", "connected_components",
@@ -256,7 +256,7 @@ def _tables(device: torch.device) -> tuple[torch.Tensor, ...]:
 # --------------------------------------------------------------------------------------
 
 
-def _parse_bounds(bounds: float | ArrayLike) -> np.ndarray:
+def parse_bounds(bounds: float | ArrayLike) -> np.ndarray:
     """``(2, 3)`` float64 [min corner, max corner] from a half-width or a (2, 3) array."""
     if isinstance(bounds, torch.Tensor):
         bounds = bounds.detach().cpu().double().numpy()
@@ -305,7 +305,7 @@ def grid_points(bounds: float | ArrayLike, resolution: int | Sequence[int],
         (index order ``[x, y, z]``, ``'ij'`` indexing; the last sample is exactly ``max``),
         matching ``np.meshgrid(np.linspace(...), ..., indexing="ij")`` as hy3dgen decodes.
     """
-    b = _parse_bounds(bounds)
+    b = parse_bounds(bounds)
     res = _parse_resolution(resolution)
     axes = []
     for a in range(3):
@@ -373,7 +373,7 @@ def extract_isosurface(sdf_grid: torch.Tensor, bounds: float | ArrayLike, *,
     if method not in ("auto", "dual", "primal"):
         raise ValueError(f"extract_isosurface: expected method 'auto', 'dual' or 'primal', "
                          f"got {method!r}")
-    b = _parse_bounds(bounds)
+    b = parse_bounds(bounds)
     dtype, device = sdf_grid.dtype, sdf_grid.device
     with torch.no_grad():
         # one cheap pass (a NaN/inf makes the sum non-finite); count only if it is

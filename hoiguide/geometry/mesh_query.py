@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hoiguide.geometry._indexing import take
+from hoiguide.geometry.indexing import take
 from hoiguide.types import ArrayLike, Mesh
 
 __all__ = ["closest_points", "signed_distance", "inside", "winding_number"]

@@ -80,16 +80,17 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from hoiguide.geometry.isosurface import _parse_bounds, extract_isosurface, grid_points
+from hoiguide.geometry.isosurface import extract_isosurface, grid_points, parse_bounds
 from hoiguide.types import ArrayLike, Mesh
 
-__all__ = ["SparseGrid", "sparse_grid", "sparse_isosurface", "plan_levels", "sdf_query"]
+__all__ = ["SparseGrid", "plan_levels", "sdf_query", "sparse_grid", "sparse_isosurface"]
 
 log = logging.getLogger(__name__)
 
@@ -389,7 +390,7 @@ def sparse_grid(query: QueryFn, bounds: float | ArrayLike, resolution: int, *,
     if not callable(query):
         raise TypeError(f"query: expected a callable points (N, 3) -> (N,), got "
                         f"{type(query).__name__}")
-    b = _parse_bounds(bounds)
+    b = parse_bounds(bounds)
     res = plan_levels(resolution, coarse_resolution)
     R = res[-1]
     L = len(res) - 1
@@ -448,7 +449,7 @@ def sparse_grid(query: QueryFn, bounds: float | ArrayLike, resolution: int, *,
             new = cur.add_cells(cur.neighbours(sig), decode)
             cur.grown += new.shape[0]
             frontier = new
-        kept_m = (signal | _dilate(straddle_m, int(math.ceil(b_l)))) & cur.cand
+        kept_m = (signal | _dilate(straddle_m, math.ceil(b_l))) & cur.cand
         kept = kept_m.nonzero()
         info.append({"resolution": cur.R, "candidate_cells": int(cur.cand.sum()),
                      "kept_cells": int(kept.shape[0]), "grown_cells": cur.grown,

@@ -185,7 +185,7 @@ class RunContext:
         was non-finite and that was handled per ``schedule.on_nonfinite``)."""
         with self.timings.part("decode"):
             grid = decode_grid(self.backbone, clean.to(self.backbone.dtype),
-                               self.grid_resolution)[0]
+                               self.grid_resolution, sparse=self.options.sparse)[0]
         if not bool(torch.isfinite(grid.detach()).all()):
             self.nonfinite("decoded SDF", phase, step, it)
             return None

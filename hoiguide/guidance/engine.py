@@ -228,7 +228,8 @@ class GuidedSampler:
         """Final decode at ``final_resolution``, floaters removed, meshes placed."""
         t0 = time.perf_counter()
         with torch.no_grad():
-            grid = decode_grid(self.backbone, x, self.final_resolution)[0]
+            grid = decode_grid(self.backbone, x, self.final_resolution,
+                               sparse=self.options.sparse)[0]
             if not bool(torch.isfinite(grid).all()):
                 mesh_gen = Mesh.empty(self.dtype, self.device)
                 if ctx.status == "ok":

@@ -5,7 +5,6 @@ non-finite loss raises."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import time
 from collections import defaultdict
@@ -14,7 +13,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 import torch
 
-from hoiguide.io import did_you_mean
+from hoiguide.io import coerce_options
 from hoiguide.types import Mesh, Similarity
 
 __all__ = ["GuidanceOptions", "History", "HistoryRecord", "StepState", "Timings",
@@ -56,6 +55,13 @@ class GuidanceOptions:
         floater_fraction: see ``remove_floaters``.
         rotation_repr: ``"quaternion"`` (the reference's) or ``"6d"`` for the similarities.
         profile: synchronise the device around each timed part (accurate GPU timings).
+        sparse: narrow-band decoding of the SDF grids (inner loop and final mesh): ``True``
+            (default), ``False`` (dense, every grid point) or a dict of
+            :func:`hoiguide.geometry.sparse_grid` options (``band``, ``last_band``,
+            ``coarse_resolution``). The mesh is the dense grid's wherever the band finds the
+            surface (see :mod:`hoiguide.geometry.sparse` for the one case it cannot: a part
+            thinner than a coarse cell that changes sign at no coarse point); gradients flow
+            through the points that carry the surface.
     """
 
     num_steps: Optional[int] = None
@@ -68,6 +74,7 @@ class GuidanceOptions:
     floater_fraction: float = 0.1
     rotation_repr: str = "quaternion"
     profile: bool = False
+    sparse: Union[bool, Mapping[str, Any]] = True
 
     def __post_init__(self) -> None:
         for name in ("num_steps", "grid_resolution", "final_resolution", "max_iterations"):
@@ -93,28 +100,17 @@ class GuidanceOptions:
         if not (self.edge_sigma > 0 and math.isfinite(self.edge_sigma)):
             raise ValueError(f"GuidanceOptions.edge_sigma: expected > 0 pixels, got "
                              f"{self.edge_sigma!r}")
+        if not isinstance(self.sparse, (bool, Mapping)):
+            raise ValueError(f"GuidanceOptions.sparse: expected true, false or a mapping of "
+                             f"sparse_grid options, got {self.sparse!r}")
         if self.rotation_repr not in ("quaternion", "6d"):
             raise ValueError(f"GuidanceOptions.rotation_repr: expected 'quaternion' or '6d', "
                              f"got {self.rotation_repr!r}")
 
     @classmethod
-    def coerce(cls, options: Union["GuidanceOptions", Mapping[str, Any], None]
-               ) -> "GuidanceOptions":
+    def coerce(cls, options: Union["GuidanceOptions", Mapping[str, Any], None]) -> "GuidanceOptions":
         """``None`` -> defaults; a mapping -> validated options (unknown keys named)."""
-        if options is None:
-            return cls()
-        if isinstance(options, cls):
-            return options
-        if isinstance(options, Mapping):
-            names = {f.name for f in dataclasses.fields(cls)}
-            bad = [k for k in options if k not in names]
-            if bad:
-                raise ValueError(f"GuidanceOptions: unknown option {bad[0]!r}"
-                                 f"{did_you_mean(bad[0], sorted(names))} "
-                                 f"(options: {', '.join(sorted(names))})")
-            return cls(**dict(options))
-        raise TypeError(f"options: expected GuidanceOptions, a mapping or None, got "
-                        f"{type(options).__name__}")
+        return coerce_options(cls, options)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 
@@ -15,7 +16,7 @@ from hoiguide.backbones.base import check_backbone, check_latent
 from hoiguide.guidance.flow import TimeConvention, euler_step
 from hoiguide.types import Mesh
 
-__all__ = ["sample", "initial_noise", "decode_grid", "latent_to_mesh"]
+__all__ = ["decode_grid", "initial_noise", "latent_to_mesh", "sample"]
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,8 @@ def decode_grid(backbone: Any, latent: torch.Tensor, resolution: int | None = No
         else backbone.dtype
     kwargs = {"chunk_size": chunk_size} if chunk_size is not None else {}
     options = _sparse_options(sparse)
+    if options is not None and sparse is True and r < SPARSE_MIN_RESOLUTION:
+        options = None  # too coarse to refine safely, and dense is as cheap there
     if options is not None:
         from hoiguide.geometry.sparse import sdf_query, sparse_grid
 
@@ -214,6 +217,12 @@ def latent_to_mesh(backbone: Any, latent: torch.Tensor, resolution: int | None =
 
 
 _SPARSE_KEYS = ("band", "last_band", "coarse_resolution", "level")
+
+
+SPARSE_MIN_RESOLUTION = 33
+"""``sparse=True`` decodes densely below this many grid points per axis: a 17^3 grid would be
+refined from a 9^3 one, whose 0.25-unit spacing can step over a small shape entirely (pass a
+dict of options to force narrow-band decoding anyway)."""
 
 
 def _sparse_options(sparse: bool | Mapping[str, Any]) -> dict[str, Any] | None:

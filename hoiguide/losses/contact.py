@@ -24,9 +24,9 @@ from typing import Optional, Sequence
 
 import torch
 
-from hoiguide.geometry._indexing import take
+from hoiguide.geometry.indexing import take
 from hoiguide.losses.context import LossContext
-from hoiguide.losses.image import _shape
+from hoiguide.losses.image import shape_text
 from hoiguide.losses.registry import Option, register_loss
 from hoiguide.types import Mesh
 
@@ -65,7 +65,7 @@ def proximity_loss(points: torch.Tensor, mesh: Mesh, margin: float = 0.01,
     what = "proximity_loss"
     if not isinstance(points, torch.Tensor) or points.ndim != 2 or points.shape[-1] != 3 \
             or points.shape[0] == 0:
-        raise ValueError(f"{what}: expected points (N, 3) with N > 0, got {_shape(points)}")
+        raise ValueError(f"{what}: expected points (N, 3) with N > 0, got {shape_text(points)}")
     _check_mesh(mesh, what, "mesh")
     if not margin >= 0:
         raise ValueError(f"{what}: expected margin >= 0 (metres), got {margin}")

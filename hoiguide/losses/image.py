@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------
 
 
-def _shape(x: Any) -> Any:
+def shape_text(x: Any) -> Any:
     return tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
 
 
@@ -274,10 +274,10 @@ def keypoints_2d_loss(points_3d: torch.Tensor, keypoints_2d: torch.Tensor, camer
     what = "keypoints_2d_loss"
     if not isinstance(points_3d, torch.Tensor) or points_3d.ndim != 2 or \
             points_3d.shape[-1] != 3:
-        raise ValueError(f"{what}: expected points_3d (K, 3), got {_shape(points_3d)}")
+        raise ValueError(f"{what}: expected points_3d (K, 3), got {shape_text(points_3d)}")
     k = points_3d.shape[0]
     if not isinstance(keypoints_2d, torch.Tensor) or tuple(keypoints_2d.shape) != (k, 2):
-        raise ValueError(f"{what}: expected keypoints_2d ({k}, 2), got {_shape(keypoints_2d)}")
+        raise ValueError(f"{what}: expected keypoints_2d ({k}, 2), got {shape_text(keypoints_2d)}")
     if not isinstance(camera, Camera):
         raise TypeError(f"{what}: expected camera as Camera, got {type(camera).__name__}")
     uv = camera.project(points_3d)
@@ -285,7 +285,7 @@ def keypoints_2d_loss(points_3d: torch.Tensor, keypoints_2d: torch.Tensor, camer
     if confidence is None:
         return sq.mean() / 2
     if not isinstance(confidence, torch.Tensor) or tuple(confidence.shape) != (k,):
-        raise ValueError(f"{what}: expected confidence ({k},), got {_shape(confidence)}")
+        raise ValueError(f"{what}: expected confidence ({k},), got {shape_text(confidence)}")
     c = confidence.to(uv)
     csum = c.sum()
     if float(csum.detach()) <= 0:

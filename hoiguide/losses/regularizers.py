@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from hoiguide.geometry._indexing import take
+from hoiguide.geometry.indexing import take
 from hoiguide.losses.context import LossContext
-from hoiguide.losses.image import _shape
+from hoiguide.losses.image import shape_text
 from hoiguide.losses.registry import Option, register_loss
 from hoiguide.types import Mesh
 
@@ -23,7 +23,7 @@ def translation_loss(translation: torch.Tensor) -> torch.Tensor:
     """``||t||^2`` of a ``(3,)`` translation (metres^2)."""
     if not isinstance(translation, torch.Tensor) or tuple(translation.shape) != (3,):
         raise ValueError(f"translation_loss: expected translation (3,), got "
-                         f"{_shape(translation)}")
+                         f"{shape_text(translation)}")
     return (translation ** 2).sum()
 
 
@@ -66,7 +66,7 @@ def vertex_l2_loss(vertices: torch.Tensor, center: bool = False) -> torch.Tensor
     if not isinstance(vertices, torch.Tensor) or vertices.ndim != 2 or \
             vertices.shape[-1] != 3 or vertices.shape[0] == 0:
         raise ValueError(f"vertex_l2_loss: expected vertices (V, 3) with V > 0, got "
-                         f"{_shape(vertices)}")
+                         f"{shape_text(vertices)}")
     v = vertices - vertices.mean(0) if center else vertices
     return (v ** 2).sum(-1).mean()
 

@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from hoiguide.geometry._indexing import take
+from hoiguide.geometry.indexing import take
 from hoiguide.types import Camera
 
 log = logging.getLogger(__name__)
