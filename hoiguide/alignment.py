@@ -51,8 +51,8 @@ the default). ``init_hand="reference"`` restores the reference's start.
 
 from __future__ import annotations
 
-import logging
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +60,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from hoiguide.geometry import (
+    depth_edges,
+    fit_similarity,
+    icp,
+    initial_similarity,
+    point_map_targets,
+    sample_surface,
+)
 from hoiguide.types import Camera, Mesh, Observations, Similarity
 
 log = logging.getLogger(__name__)
@@ -146,7 +154,6 @@ def partial_points(point_map, valid, mask_union, *, edge_rtol: float = 0.04,
                    edge_dilate: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """The partial point cloud: point-map pixels inside ``mask_union``, valid, not at depth
     edges. Returns ``(points (N, 3) float64, keep (H, W) bool)`` (camera frame, metres)."""
-    from hoiguide.geometry import depth_edges
 
     P = _np(point_map).astype(np.float64)
     ok = _np(valid).astype(bool) & _np(mask_union).astype(bool)
@@ -174,7 +181,6 @@ def align_frames(coarse_hoi: Mesh | np.ndarray, partial: np.ndarray, hand_mesh: 
         ``gen_to_image`` (generator -> image), ``hand_to_image`` (hand model camera frame ->
         image frame) and ``info`` (ICP costs and iteration counts).
     """
-    from hoiguide.geometry import icp, initial_similarity, sample_surface
 
     o = options or AlignmentOptions()
     if len(partial) < 10:
@@ -302,7 +308,6 @@ def place_object(coarse_object: Mesh | np.ndarray, partial_object: np.ndarray,
     from centroids and diagonals), with the pixels of ``occluder`` (the hand mask) treated as
     hiding the object. See :attr:`AlignmentOptions.object_icp`.
     """
-    from hoiguide.geometry import sample_surface
 
     o = options or AlignmentOptions()
     if isinstance(coarse_object, Mesh):
@@ -363,7 +368,6 @@ def _multistart_icp(coarse: np.ndarray, partial: np.ndarray, camera: Camera | No
     not expected in the partial cloud."""
     from scipy.spatial.transform import Rotation
 
-    from hoiguide.geometry import icp, initial_similarity
 
     visibility = o.gen_icp == "visibility"
     rng = np.random.default_rng(seed)
@@ -377,7 +381,6 @@ def _multistart_icp(coarse: np.ndarray, partial: np.ndarray, camera: Camera | No
 
     from scipy.spatial import cKDTree
 
-    from hoiguide.geometry import fit_similarity
 
     trees = {}
 
@@ -498,7 +501,6 @@ def build_observations(*, camera: Camera, image: np.ndarray, mask_hand, mask_obj
             "object_sample"`` ICP c places it (:func:`place_object`) and its transform is
             ``gen_to_image`` (ICP a's is kept in ``metadata["gen_to_image_hoi"]``).
     """
-    from hoiguide.geometry import point_map_targets
 
     o = options or AlignmentOptions()
     mh = _np(mask_hand).astype(bool)

@@ -24,8 +24,12 @@ import numpy as np
 import torch
 
 from hoiguide.adapters.models import Models
-from hoiguide.adapters.pipeline import (PipelineOptions, check_chain_arguments,
-                                        observations_from_image, to_full_frame)
+from hoiguide.adapters.pipeline import (
+    PipelineOptions,
+    check_chain_arguments,
+    observations_from_image,
+    to_full_frame,
+)
 from hoiguide.guidance.engine import GuidedSampler
 from hoiguide.guidance.records import GuidanceOptions
 from hoiguide.io import load_image

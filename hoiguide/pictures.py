@@ -28,6 +28,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from hoiguide.render import render
 from hoiguide.types import Camera, Mesh
 
 __all__ = ["overlay", "turntable", "loss_plot", "side_by_side", "label", "PALETTE"]
@@ -107,7 +108,6 @@ def _shade(meshes: list[Mesh], camera: Camera, colors: np.ndarray, H: int, W: in
            ss: int) -> tuple[np.ndarray, np.ndarray]:
     """Lambert-shaded tints and coverage at ``(H, W)``: ``(rgb (H, W, 3) in [0, 1], cov (H, W)
     in [0, 1])``; ``rgb`` is not premultiplied (0 where ``cov == 0``)."""
-    from hoiguide.render import render
 
     rgb = np.zeros((H, W, 3))
     cov = np.zeros((H, W))
@@ -383,8 +383,8 @@ def loss_plot(history: Any, path: Union[str, Path], *, terms: Optional[Sequence[
         ImportError: matplotlib is not installed (``pip install 'hoiguide[bench]'``).
     """
     try:
-        from matplotlib.figure import Figure
         from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError as exc:
         raise ImportError("loss_plot needs matplotlib: pip install matplotlib (or "
                           "'hoiguide[bench]')") from exc

@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 
 from hoiguide.backbones.base import TimeConvention
+from hoiguide.geometry import extract_isosurface, grid_points
+from hoiguide.render import render
 from hoiguide.rotations import axis_angle_to_matrix
 from hoiguide.types import Camera, Mesh, Observations, Similarity
 
@@ -225,8 +227,6 @@ def make_scene(size: int = 64, hand_offset=(0.0, 0.028, -0.012),
     its lower front. ``hand_offset`` places the hand's centre relative to the object's
     centre (metres). Perturbations act on the OBSERVED hand (``observations.hand_mesh``) and
     on the observed ``gen_to_image`` (composed after the true one)."""
-    from hoiguide.geometry import extract_isosurface, grid_points
-    from hoiguide.render import render
 
     cam = Camera.from_fov(30.0, size, size)
     g2i = Similarity(torch.tensor(0.05, dtype=torch.float64),

@@ -25,11 +25,11 @@ import numpy as np
 import torch
 
 from hoiguide.rotations import (
-    axis_angle_to_matrix,
     matrix_to_quaternion,
+    matrix_to_rotation_6d,
     quaternion_to_matrix,
     rotation_6d_to_matrix,
-    matrix_to_rotation_6d,
+    rotation_angle,
 )
 
 __all__ = ["Camera", "Similarity", "SimilarityParams", "Mesh", "ArrayLike"]
@@ -339,7 +339,6 @@ class Similarity:
     def __repr__(self) -> str:
         d = self.to_dict()
         t = ", ".join(f"{x:.4g}" for x in d["translation"])
-        from hoiguide.rotations import rotation_angle
         ang = math.degrees(float(rotation_angle(self.rotation.detach())))
         return f"Similarity(scale={d['scale']:.4g}, rotation={ang:.3g} deg, translation=[{t}])"
 

@@ -67,7 +67,7 @@ def make_worker_backbone():
     from hoiguide.testing import GaussianGridBackbone
 
     if os.environ.get("HOIGUIDE_TEST_WORKER") == "1":
-        import hoiguide.pictures as pictures
+        import hoiguide.apps.outputs as pictures     # where write_outputs finds loss_plot
         import hoiguide.synth.observers as observers
 
         cache = {}

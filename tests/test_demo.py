@@ -212,7 +212,7 @@ def test_failed_reconstruction_still_writes_result(tmp_path, synth_scene, cached
 
 def test_generated_scene_is_saved_and_retried(tmp_path, synth_scene, cached_observer,
                                               monkeypatch):
-    import hoiguide.synth.generate as generate
+    import hoiguide.apps.scene as generate   # the name run_demo calls
     from hoiguide.synth.grasp import GraspError
 
     calls = []

@@ -195,7 +195,7 @@ def test_with_a_ground_truth_the_turntable_has_two_rows(tmp_path):
 
 def test_empty_object_removes_stale_files_and_a_failed_picture_is_a_warning(
         tmp_path, monkeypatch):
-    import hoiguide.pictures as pictures
+    import hoiguide.apps.outputs as pictures   # the name write_outputs calls
 
     for name in ("object.obj", "object.glb", "turntable.gif"):
         (tmp_path / name).write_text("stale")

@@ -21,10 +21,18 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from hoiguide.adapters._util import (WeightsNotFoundError, check_box,
-                                     check_image, default_device, import_optional)
-from hoiguide.types import Camera
+from hoiguide.adapters._util import (
+    WeightsNotFoundError,
+    check_box,
+    check_image,
+    default_device,
+    import_optional,
+)
+from hoiguide.adapters.crop import resample_box
 from hoiguide.adapters.hand import HandEstimate, as_tensor
+from hoiguide.hands import MANO_TIP_IDS_SMPLX, ManoLayer
+from hoiguide.rotations import matrix_to_axis_angle
+from hoiguide.types import Camera
 
 __all__ = ["HaMeREstimator", "hamer_to_hand_estimate"]
 
@@ -62,7 +70,6 @@ def hamer_to_hand_estimate(output: Mapping[str, Any], *, box_center: Sequence[fl
         faces: the faces when no ``mano`` is given.
         focal_length, image_size: HaMeR's ``EXTRA.FOCAL_LENGTH`` and ``MODEL.IMAGE_SIZE``.
     """
-    from hoiguide.rotations import matrix_to_axis_angle
 
     if side not in ("right", "left"):
         raise ValueError(f"hamer_to_hand_estimate: expected side 'right' or 'left', got {side!r}")
@@ -201,7 +208,6 @@ class HaMeREstimator:
             WeightsNotFoundError: a file is missing (lists what was looked for).
             ImportError: HaMeR is not installed (not on PyPI; the message has the command).
         """
-        from hoiguide.hands import MANO_TIP_IDS_SMPLX, ManoLayer
 
         ckpt = Path(checkpoint_path).expanduser()
         cfg_path = ckpt.parent.parent / "model_config.yaml"
@@ -256,7 +262,6 @@ class HaMeREstimator:
                    ) -> tuple[torch.Tensor, tuple[float, float], float]:
         """The network input: ``(1, 3, S, S)`` normalised RGB patch (mirrored for a left
         hand), its centre and size in pixels."""
-        from hoiguide.adapters.crop import resample_box
 
         img = check_image(image, "HaMeREstimator")
         (cx, cy), size = self.patch_box(hand_box)

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from hoiguide.hands import ManoLayer
 from hoiguide.types import Camera, Mesh
 
 __all__ = ["HandEstimate", "as_tensor", "model_kind", "keypoint_box", "box_iou"]
@@ -100,7 +101,6 @@ class HandEstimate:
 
 
 def model_kind(model: Any) -> str:
-    from hoiguide.hands import ManoLayer
 
     return "mano" if isinstance(model, ManoLayer) else "procedural"
 

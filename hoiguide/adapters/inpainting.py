@@ -24,8 +24,14 @@ from typing import Any, Mapping, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from hoiguide.adapters._util import (check_image, check_mask, default_device, import_optional,
-                                     load_pretrained, seeded)
+from hoiguide.adapters._util import (
+    check_image,
+    check_mask,
+    default_device,
+    import_optional,
+    load_pretrained,
+    seeded,
+)
 
 __all__ = ["Inpainter", "OpenCVInpainter", "FluxKontextInpainter", "object_image",
            "DEFAULT_KONTEXT", "KONTEXT_PROMPT"]

@@ -35,8 +35,15 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from hoiguide.types import Camera
 from hoiguide.adapters.hand import HandEstimate, as_tensor, model_kind
+from hoiguide.hands import ProceduralHand
+from hoiguide.rotations import (
+    axis_angle_to_matrix,
+    matrix_to_axis_angle,
+    matrix_to_rotation_6d,
+    rotation_6d_to_matrix,
+)
+from hoiguide.types import Camera
 
 __all__ = ["fit_hand_to_keypoints"]
 
@@ -58,7 +65,6 @@ def _keypoint_model(model: Any) -> Any:
     For the procedural hand: its template reduced to the five fingertip vertices (skinning is
     per vertex, so the keypoints are exactly the full model's with ``surface_projection=0``).
     Other models are used as they are."""
-    from hoiguide.hands import ProceduralHand
 
     if not isinstance(model, ProceduralHand):
         return model
@@ -81,7 +87,6 @@ def _kabsch(P: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
 
 
 def _axis_rotation(axis: torch.Tensor, angle: float) -> torch.Tensor:
-    from hoiguide.rotations import axis_angle_to_matrix
 
     a = axis / axis.norm().clamp_min(1e-12)
     return axis_angle_to_matrix(a * angle)
@@ -120,8 +125,6 @@ def fit_hand_to_keypoints(model: Any, keypoints_2d: Any, camera: Camera, *,
         ``hand_pose``, ``betas``, ``transl`` (``model(**params)`` gives ``vertices``) and
         ``reprojection_error_px`` (mean over keypoints, confidence-weighted), ``loss``.
     """
-    from hoiguide.rotations import (matrix_to_axis_angle, matrix_to_rotation_6d,
-                                    rotation_6d_to_matrix, axis_angle_to_matrix)
 
     if not isinstance(camera, Camera):
         raise TypeError(f"fit_hand_to_keypoints: expected a Camera, got {type(camera).__name__}")

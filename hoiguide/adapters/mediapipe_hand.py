@@ -15,11 +15,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from hoiguide.adapters._util import (NoDetectionError, check_box,
-                                     check_image, import_optional)
-from hoiguide.types import Camera
+from hoiguide.adapters._util import (
+    NoDetectionError,
+    check_box,
+    check_image,
+    import_optional,
+)
 from hoiguide.adapters.hand import HandEstimate, box_iou, keypoint_box
 from hoiguide.adapters.keypoint_fit import fit_hand_to_keypoints
+from hoiguide.types import Camera
 
 __all__ = ["MediaPipeHandEstimator", "mediapipe_to_keypoints"]
 

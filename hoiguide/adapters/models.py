@@ -88,6 +88,12 @@ from typing import Any, Callable, Mapping, Optional, Union
 __all__ = ["Models", "ModelsConfigError", "ModelLoadError", "ROLES", "DEFAULT_MODELS",
            "OFFLINE_MODELS", "load_models_config"]
 
+from hoiguide.adapters.hamer import HaMeREstimator
+from hoiguide.adapters.inpainting import FluxKontextInpainter
+from hoiguide.adapters.moge import MoGeEstimator
+from hoiguide.adapters.options import PipelineOptions
+from hoiguide.adapters.segmentation import TextSegmenter
+from hoiguide.backbones import HunyuanBackbone
 from hoiguide.io import ConfigError, did_you_mean, load_yaml
 
 log = logging.getLogger(__name__)
@@ -274,7 +280,6 @@ def load_models_config(spec: Union[str, Path, Mapping[str, Any], None],
 
 
 def _validate_pipeline(raw: Any, source: Optional[str]) -> dict[str, Any]:
-    from hoiguide.adapters.options import PipelineOptions
 
     if raw is None:
         return {}
@@ -610,7 +615,6 @@ def _factory(cfg: Mapping[str, Any], device: Any) -> Any:
 def _build_segmentation(cfg: Mapping[str, Any], device: Any) -> Any:
     if cfg["kind"] == "factory":
         return _factory(cfg, device)
-    from hoiguide.adapters.segmentation import TextSegmenter
 
     kw = dict(cfg["options"])
     for k in ("detector", "sam", "local_files_only"):
@@ -628,7 +632,6 @@ def _build_inpainting(cfg: Mapping[str, Any], device: Any) -> Any:
         from hoiguide.adapters.inpainting import OpenCVInpainter
 
         return OpenCVInpainter(**cfg["options"])
-    from hoiguide.adapters.inpainting import FluxKontextInpainter
 
     kw = dict(cfg["options"])
     fn = FluxKontextInpainter.from_pretrained
@@ -640,7 +643,6 @@ def _build_inpainting(cfg: Mapping[str, Any], device: Any) -> Any:
 def _build_geometry(cfg: Mapping[str, Any], device: Any) -> Any:
     if cfg["kind"] == "factory":
         return _factory(cfg, device)
-    from hoiguide.adapters.moge import MoGeEstimator
 
     kw = dict(cfg["options"])
     fn = MoGeEstimator.from_pretrained
@@ -665,7 +667,6 @@ def _build_hand(cfg: Mapping[str, Any], device: Any) -> Any:
             f"(MANO_RIGHT.pkl, registration at mano.is.tue.mpg.de); set them in your models "
             f"YAML, or use 'hand: {{kind: mediapipe}}' (no download; pip install "
             f"mediapipe==0.10.21 --no-deps)")
-    from hoiguide.adapters.hamer import HaMeREstimator
 
     fn = HaMeREstimator.from_pretrained
     return fn(cfg["checkpoint"], cfg["mano"], **_with_device(fn, dict(cfg["options"]), device))
@@ -683,7 +684,6 @@ def _build_generator(cfg: Mapping[str, Any], device: Any) -> Any:
         from hoiguide.backbones import tiny
 
         return tiny(**kw)
-    from hoiguide.backbones import HunyuanBackbone
 
     for k in ("subfolder", "local_files_only"):
         if cfg.get(k) is not None:

@@ -34,9 +34,17 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from hoiguide.adapters._util import (WeightsNotFoundError, check_image, check_mask,
-                                     default_device, import_optional, is_offline,
-                                     looks_like_path)
+from hoiguide.adapters._util import (
+    WeightsNotFoundError,
+    check_image,
+    check_mask,
+    default_device,
+    import_optional,
+    is_offline,
+    looks_like_path,
+)
+from hoiguide.alignment import partial_points
+from hoiguide.geometry import point_map_targets
 from hoiguide.types import Camera
 
 __all__ = ["PointMap", "MoGeEstimator", "moge_to_point_map", "DEFAULT_MOGE"]
@@ -98,7 +106,6 @@ class PointMap:
                        edge_dilate: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """The partial point cloud: valid pixels inside ``mask`` (default all), away from
         depth edges. Returns ``(points (N, 3) float64, keep (H, W) bool)``."""
-        from hoiguide.alignment import partial_points
 
         m = np.ones(self.valid.shape, bool) if mask is None else \
             check_mask(mask, self.valid.shape, "PointMap.partial_points: mask")
@@ -110,7 +117,6 @@ class PointMap:
         """Normal and disparity target maps of the partial geometry (as
         :func:`hoiguide.alignment.build_observations` makes them): ``normals (H, W, 3)``,
         ``disparity (H, W)`` in 1/metres, ``valid (H, W)`` (zeros where invalid)."""
-        from hoiguide.geometry import point_map_targets
 
         _, keep = self.partial_points(mask, edge_rtol=edge_rtol, edge_dilate=edge_dilate)
         P = np.where(keep[..., None], self.points.astype(np.float64), np.nan)

@@ -46,7 +46,11 @@ from typing import Any, Mapping, Optional, Union
 import numpy as np
 import torch
 
+from hoiguide.adapters.inpainting import object_image as make_object_image
+from hoiguide.adapters.models import Models
 from hoiguide.adapters.options import PipelineOptions
+from hoiguide.alignment import build_observations
+from hoiguide.guidance.sampler import latent_to_mesh, sample
 from hoiguide.io import ImageError, load_image
 from hoiguide.types import Camera, Mesh, Observations
 
@@ -321,7 +325,6 @@ def observations_from_image(image: Any, models: Any, *, object_name: str = "obje
         ImageError, FileNotFoundError: the photo cannot be used.
         hoiguide.adapters.models.ModelLoadError: a model cannot be built.
     """
-    from hoiguide.adapters.models import Models
 
     mdl = Models.load(models)
     if options is None:
@@ -417,7 +420,6 @@ def run_chain(img: np.ndarray, img_info: dict[str, Any], mdl: Any, object_name: 
     union = mask_hand | mask_obj
 
     # 4. inpaint -> object image ----------------------------------------------------------
-    from hoiguide.adapters.inpainting import object_image as make_object_image
 
     inpainted = st.run("inpaint", mdl.inpainter, crop_img, mask_hand, object_name)
     inpainted = np.asarray(inpainted)
@@ -491,7 +493,6 @@ def run_chain(img: np.ndarray, img_info: dict[str, Any], mdl: Any, object_name: 
                     "vertices": int(len(verts))}
 
     # 7. coarse hand-object mesh ----------------------------------------------------------
-    from hoiguide.guidance.sampler import latent_to_mesh, sample
 
     backbone = mdl.backbone
     rgba = np.concatenate([whitened, union[..., None].astype(np.uint8) * 255], -1)
@@ -516,7 +517,6 @@ def run_chain(img: np.ndarray, img_info: dict[str, Any], mdl: Any, object_name: 
             dtype=torch.float64)
 
     # 8. alignment -> observations ----------------------------------------------------------
-    from hoiguide.alignment import build_observations
 
     meta = {"source": "hoiguide.adapters.pipeline", "object_name": object_name,
             "crop_box": info["crop"]["box"], "mirrored": bool(crop.mirrored),

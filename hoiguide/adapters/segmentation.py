@@ -28,8 +28,14 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from hoiguide.adapters._util import (WeightsNotFoundError, check_image, default_device,
-                                     import_optional, load_pretrained, seeded)
+from hoiguide.adapters._util import (
+    WeightsNotFoundError,
+    check_image,
+    default_device,
+    import_optional,
+    load_pretrained,
+    seeded,
+)
 
 __all__ = ["SegmentationResult", "TextSegmenter", "normalize_prompt",
            "grounding_dino_detections", "DEFAULT_DETECTOR", "DEFAULT_SAM"]

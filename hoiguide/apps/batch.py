@@ -72,7 +72,10 @@ from typing import Any, Mapping, Optional, Sequence, Union
 __all__ = ["run_batch", "discover_items", "parse_shard", "BatchItem", "BatchWorker",
            "BatchError", "IMAGE_SUFFIXES", "SUMMARY_NAME", "TMP_DIR"]
 
+from hoiguide.apps.photo import reconstruct_image
+from hoiguide.apps.scene import run_demo
 from hoiguide.backbones.spec import load_backbone
+from hoiguide.guidance.engine import GuidanceOptions
 from hoiguide.io import (
     commit_folder,
     failure_record,
@@ -80,6 +83,8 @@ from hoiguide.io import (
     read_json,
     write_json,
 )
+from hoiguide.phases import load_schedule
+from hoiguide.synth.observers import ObserverNoise
 
 log = logging.getLogger(__name__)
 
@@ -450,7 +455,6 @@ class BatchWorker:
                 "attempts": int(attempt), "worker": self.worker}
 
     def _scene(self, it: BatchItem, tmp: Path) -> dict[str, Any]:
-        from hoiguide.apps.scene import run_demo
 
         backbone = self.backbone()
         spec = self.cfg.backbone
@@ -466,7 +470,6 @@ class BatchWorker:
         return result
 
     def _image(self, it: BatchItem, tmp: Path) -> dict[str, Any]:
-        from hoiguide.apps.photo import reconstruct_image
 
         models = self.models()
         result = reconstruct_image(it.source, tmp, models=models, schedule=self.cfg.schedule,
@@ -555,8 +558,6 @@ def run_batch(input: Union[str, Path], out: Union[str, Path], *,
         ValueError, hoiguide.ScheduleError: bad preset or options.
         ImportError: ``ray_address`` given and Ray is not installed.
     """
-    from hoiguide.guidance.engine import GuidanceOptions
-    from hoiguide.phases import load_schedule
 
     t_start = time.perf_counter()
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -570,7 +571,6 @@ def run_batch(input: Union[str, Path], out: Union[str, Path], *,
         from hoiguide.adapters.options import PipelineOptions
 
         PipelineOptions.coerce(dict(pipeline_options))
-    from hoiguide.synth.observers import ObserverNoise
 
     ObserverNoise.preset(noise)
     if isinstance(max_attempts, bool) or int(max_attempts) < 1:

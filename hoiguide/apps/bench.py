@@ -60,7 +60,10 @@ from hoiguide.apps.score import (
     stats,
 )
 from hoiguide.apps.score import backbone_name as name_of_backbone
+from hoiguide.guidance.engine import GuidanceOptions
 from hoiguide.io import failure_record, fingerprint, read_json, write_json, write_mesh
+from hoiguide.phases import load_schedule
+from hoiguide.synth.scene import SceneFormatError, list_scenes, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +93,6 @@ def _callable_name(fn: Any) -> str:
 
 
 def _scene_entries(directory: Path) -> list[tuple[str, Path]]:
-    from hoiguide.synth.scene import list_scenes, read_manifest
 
     if (directory / "manifest.json").is_file():
         return [(str(s.get("id", Path(s["path"]).name)), directory / s["path"])
@@ -108,7 +110,6 @@ def resolve_scenes(scenes: Union[PathLike, Sequence[PathLike]],
         BenchmarkError: no scenes, a missing folder, duplicate scene ids or a bad ``limit``.
         hoiguide.synth.scene.SceneFormatError: a malformed manifest.
     """
-    from hoiguide.synth.scene import SceneFormatError
 
     items = [scenes] if isinstance(scenes, (str, Path)) else list(scenes)
     if not items:
@@ -147,7 +148,6 @@ def resolve_presets(presets: Sequence[Any]) -> list[tuple[str, Any]]:
         hoiguide.ScheduleError: an unknown preset or an invalid schedule.
         BenchmarkError: no presets, or two presets with the same name.
     """
-    from hoiguide.phases import load_schedule
 
     if isinstance(presets, (str, Path)):
         presets = [presets]
@@ -250,7 +250,6 @@ def run_benchmark(scenes: Union[PathLike, Sequence[PathLike]], presets: Sequence
         BenchmarkError, hoiguide.ScheduleError: bad scenes or presets (before anything runs).
         KeyboardInterrupt: passed through; finished pairs stay on disk.
     """
-    from hoiguide.guidance.engine import GuidanceOptions
 
     if backbone is None:
         raise BenchmarkError("bench: expected a backbone (any hoiguide.FlowBackbone), got None")

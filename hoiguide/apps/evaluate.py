@@ -48,6 +48,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from hoiguide.api import guided_reconstruct
 from hoiguide.apps.score import (
     backbone_name,
     finite,
@@ -56,6 +57,9 @@ from hoiguide.apps.score import (
     scene_seed,
     stats,
 )
+from hoiguide.datasets import open_dataset
+from hoiguide.eval import fscore, hand_aligned_metrics, sample_surface
+from hoiguide.geometry import icp
 from hoiguide.io import failure_record, fingerprint, read_json, write_json, write_mesh
 from hoiguide.types import Mesh, Similarity
 
@@ -124,7 +128,6 @@ def object_alignment(pred: np.ndarray, truth: np.ndarray, *, seed: int = 0,
     by trimmed ICP with scale (:func:`hoiguide.geometry.icp`, scale within 0.8..1.25 of the
     start); the result with the lowest symmetric mean distance on all points wins.
     """
-    from hoiguide.geometry import icp
 
     P, G = np.asarray(pred, np.float64), np.asarray(truth, np.float64)
     rng = np.random.default_rng(int(seed))
@@ -172,7 +175,6 @@ def object_aligned_metrics(pred_object: Mesh, gt_object: Mesh, *, num_samples: i
     """
     from scipy.spatial import cKDTree
 
-    from hoiguide.eval import fscore, sample_surface
 
     for name, m in (("pred_object", pred_object), ("gt_object", gt_object)):
         if not isinstance(m, Mesh) or m.is_empty:
@@ -308,7 +310,6 @@ def run_evaluation(dataset: str, root: PathLike, out: PathLike, *,
             first frame; nothing is written).
         KeyboardInterrupt: passed through; finished frames stay on disk.
     """
-    from hoiguide.datasets import open_dataset
 
     num_samples = int(num_samples)
     if num_samples < 1:
@@ -414,7 +415,6 @@ def _evaluate_one(ds: Any, sel: Any, out: Path, *, pred_dir: Optional[Path],
                   save_meshes: bool, known_intrinsics: bool) -> dict[str, Any]:
     """One frame: load, predict, score. Never raises except ``KeyboardInterrupt`` and a
     model that cannot be loaded (which would fail every frame)."""
-    from hoiguide.eval import hand_aligned_metrics
 
     rec: dict[str, Any] = {"format": RESULT_FORMAT, "version": FORMAT_VERSION,
                            "id": sel.id, "dataset": ds.name, "split_row": sel.row,
@@ -475,7 +475,6 @@ def _evaluate_one(ds: Any, sel: Any, out: Path, *, pred_dir: Optional[Path],
 
 def _photo_chain(sample: Any, chain: Mapping[str, Any], seed: int, rec: dict[str, Any],
                  save_dir: Optional[Path], known_intrinsics: bool) -> tuple[Mesh, Mesh]:
-    from hoiguide.api import guided_reconstruct
 
     r = guided_reconstruct(
         sample.image, models=chain["models"], schedule=chain["schedule"], seed=int(seed),

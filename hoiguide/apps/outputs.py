@@ -37,7 +37,16 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from hoiguide.io import json_text, save_png
+from hoiguide.pictures import (
+    label,
+    loss_plot,
+    overlay,
+    side_by_side,
+    turntable,
+    turntable_frame,
+)
 from hoiguide.result import HAND_COLOR, OBJECT_COLOR
+from hoiguide.types import Camera, Mesh, Similarity
 
 __all__ = ["write_outputs", "write_meshes", "OUTPUT_FILES", "MESH_FILES", "PICTURE_FILES"]
 
@@ -123,7 +132,6 @@ def write_outputs(out: Union[str, Path], reconstruction: Any = None, *,
         OSError and what trimesh raises: a mesh file cannot be written (the meshes are the
             result; a picture that cannot be drawn is only a warning).
     """
-    from hoiguide.types import Camera, Mesh
 
     fn = "write_outputs"
     rec = reconstruction
@@ -222,15 +230,6 @@ def _draw_pictures(out: Path, rec: Any, img: Optional[np.ndarray], camera: Any,
                    skipped: dict[str, str]) -> None:
     import torch
 
-    from hoiguide.pictures import (
-        label,
-        loss_plot,
-        overlay,
-        side_by_side,
-        turntable,
-        turntable_frame,
-    )
-    from hoiguide.types import Similarity
 
     colors = [HAND_COLOR[:3], OBJECT_COLOR[:3]]
     pred = [rec.hand_mesh, rec.object_mesh] if rec is not None else None
@@ -331,7 +330,6 @@ def _save_gif(path: Path, rows: Sequence[tuple[np.ndarray, str, str]], n_views: 
     """One frame per view: that view of every row, stacked, each with its short label."""
     from PIL import Image
 
-    from hoiguide.pictures import label
 
     frames = []
     for k in range(n_views):

@@ -42,10 +42,16 @@ from typing import Any, Mapping, Optional, Union
 import numpy as np
 
 from hoiguide.apps.outputs import OUTPUT_FILES as DRAWN_FILES
+from hoiguide.apps.outputs import write_outputs
 from hoiguide.apps.score import METRICS, reconstruct_and_score, scene_seed
 from hoiguide.apps.score import backbone_name as name_of_backbone
+from hoiguide.guidance.engine import GuidanceOptions
 from hoiguide.io import check_output_folder, commit_folder, failure_record, write_json
-from hoiguide.phases import DEFAULT_SCHEDULE
+from hoiguide.phases import DEFAULT_SCHEDULE, load_schedule
+from hoiguide.synth.generate import VisibilityError, make_scene
+from hoiguide.synth.grasp import GraspError
+from hoiguide.synth.observers import ObserverNoise
+from hoiguide.synth.scene import Scene, list_scenes
 
 __all__ = ["run_demo", "default_backbone", "headline", "DEMO_OBJECT", "RESULT_KEYS",
            "OUTPUT_FILES", "TURNTABLE_TILE"]
@@ -103,9 +109,6 @@ def default_backbone(device: Any = None) -> Any:
 
 def _check_inputs(preset: Any, seed: Any, noise: Any, image_size: Any, options: Any,
                   num_samples: Any, turntable_views: Any, tile: Any) -> tuple[Any, Any]:
-    from hoiguide.guidance.engine import GuidanceOptions
-    from hoiguide.phases import load_schedule
-    from hoiguide.synth.observers import ObserverNoise
 
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"run_demo: expected seed to be an integer, got {seed!r}")
@@ -124,7 +127,6 @@ def _check_inputs(preset: Any, seed: Any, noise: Any, image_size: Any, options: 
 
 
 def _load_scene(path: Path) -> Any:
-    from hoiguide.synth.scene import Scene, list_scenes
 
     if not path.is_dir():
         raise FileNotFoundError(f"run_demo: no such scene folder: {path}")
@@ -138,8 +140,6 @@ def _load_scene(path: Path) -> Any:
 def _make_scene(seed: int, image_size: int) -> Any:
     """The demo scene: :data:`DEMO_OBJECT` with seed ``seed``; if no grasp or camera works
     for that draw, the next scene index of the same seed (a few tries)."""
-    from hoiguide.synth.generate import VisibilityError, make_scene
-    from hoiguide.synth.grasp import GraspError
 
     last: Optional[Exception] = None
     for index in range(_MAX_SCENE_TRIES):
@@ -381,7 +381,6 @@ def _write_files(out: Path, scene: Any, rec: Any, result: dict[str, Any], n_view
     """Meshes, pictures and report.html through :func:`hoiguide.apps.outputs.write_outputs`;
     returns what went wrong (``"meshes: ..."`` when the meshes could not be written, else
     the pictures that could not be drawn). Sets ``result["losses_plot"]``."""
-    from hoiguide.apps.outputs import write_outputs
 
     title = f"{result.get('preset')} on {scene.scene_id} ({result.get('backbone')})"
     try:

@@ -35,7 +35,10 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 __all__ = ["build_app", "launch", "SAMPLES", "PRESET_CHOICES", "APP_OPTIONS"]
 
+from hoiguide.apps.photo import reconstruct_image
+from hoiguide.apps.scene import headline, run_demo
 from hoiguide.backbones.spec import load_backbone
+from hoiguide.phases import available_presets
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +164,6 @@ class _Runner:
     # ---- runs ------------------------------------------------------------------------------
     def run(self, source: str, sample: str, upload: Optional[str], object_name: str,
             preset: str, seed: float, steps: float, progress: Any) -> tuple[Any, ...]:
-        from hoiguide.apps.scene import headline, run_demo
 
         opts = dict(self.options)
         if steps:
@@ -203,7 +205,6 @@ class _Runner:
                 "without. Start it with `hoiguide app --models FILE.yaml` (see "
                 "`hoiguide.adapters.models` for the format, or `--models offline`). The "
                 "synthetic samples work without them.")
-        from hoiguide.apps.photo import reconstruct_image
 
         progress(0.0, desc="loading the models")
         try:
@@ -305,7 +306,6 @@ def build_app(*, backbone: Any = "tiny", models: Any = None,
         ValueError: an unknown default preset.
     """
     gr = _import_gradio()
-    from hoiguide.phases import available_presets
 
     presets = [(label, name) for label, name in PRESET_CHOICES
                if name in available_presets()]

@@ -30,13 +30,11 @@ Optional methods
 
 from __future__ import annotations
 
-from enum import Enum
-
 import logging
+from enum import Enum
 from typing import Any, Protocol, Sequence, Tuple, runtime_checkable
 
 import torch
-
 
 __all__ = ["FlowBackbone", "Bounds", "check_backbone", "check_latent", "normalize_bounds"]
 

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from hoiguide.backbones.hunyuan import HunyuanBackbone
+from hoiguide.io import read_json
 
 __all__ = ["tiny", "TINY_WEIGHTS_PACKAGE", "TINY_DEFAULT_RESOLUTION",
            "TINY_GUIDANCE_RESOLUTION", "read_training_objects"]
@@ -97,7 +98,6 @@ def read_training_objects(folder: Any) -> tuple[str, ...]:
     file is absent). Benchmarks warn about scenes whose object is in this list."""
     from pathlib import Path
 
-    from hoiguide.io import read_json
 
     data = read_json(Path(folder) / "training_objects.json", default=None)
     if not isinstance(data, dict) or not isinstance(data.get("objects"), list):

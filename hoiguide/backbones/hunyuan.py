@@ -47,8 +47,13 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from hoiguide.backbones.base import Bounds, check_latent, normalize_bounds
-from hoiguide.backbones.base import TimeConvention
+from hoiguide.backbones.base import (
+    Bounds,
+    TimeConvention,
+    check_latent,
+    normalize_bounds,
+)
+from hoiguide.geometry import grid_points
 
 __all__ = ["HunyuanBackbone", "HunyuanCondition", "CheckpointNotFoundError",
            "CheckpointError", "import_hy3dgen", "INSTALL_HINT"]
@@ -74,11 +79,15 @@ def _warm_up_dependencies() -> None:
 
     if hasattr(tf_import_utils, "is_torchvision_available"):
         tf_import_utils.is_torchvision_available()  # cached: False without a real torchvision
-    from transformers import (CLIPVisionConfig, CLIPVisionModelWithProjection,  # noqa: F401
-                              Dinov2Config, Dinov2Model)
     import diffusers.configuration_utils  # noqa: F401
     import diffusers.schedulers.scheduling_utils  # noqa: F401
     import diffusers.utils.torch_utils  # noqa: F401
+    from transformers import (  # noqa: F401
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+        Dinov2Config,
+        Dinov2Model,
+    )
     del transformers
 
 
@@ -1043,7 +1052,6 @@ class HunyuanBackbone:
         """Dense ``(B, R, R, R)`` field on ``hoiguide.geometry.grid_points(bounds, R)``
         (``[x, y, z]`` 'ij' order), ``latent`` ``(B, *latent_shape)``; the engine's
         :func:`hoiguide.guidance.sampler.decode_grid` also does narrow-band decoding."""
-        from hoiguide.geometry import grid_points
 
         r = int(resolution if resolution is not None else self.default_resolution)
         pts = grid_points(self.bounds, r, dtype=torch.float32, device=self.device)

@@ -43,8 +43,8 @@ import argparse
 import logging
 import sys
 
-from hoiguide.cli import (app, batch, bench, demo, eval as eval_cmd, reconstruct, schedule,
-                          smoke, synth)
+from hoiguide.cli import app, batch, bench, demo, reconstruct, schedule, smoke, synth
+from hoiguide.cli import eval as eval_cmd
 from hoiguide.cli.common import Formatter, UsageError, load_backbone, verbosity_flags
 
 __all__ = ["main", "build_parser", "UsageError", "load_backbone"]

@@ -6,8 +6,7 @@ import argparse
 import logging
 from typing import Any
 
-
-from hoiguide.cli.common import (BACKBONE_SPEC, Formatter, UsageError)
+from hoiguide.cli.common import BACKBONE_SPEC, Formatter, UsageError
 
 log = logging.getLogger("hoiguide")
 

@@ -8,9 +8,16 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-
-from hoiguide.cli.common import (BACKBONE_SPEC, Formatter, UsageError, parse_noise, parse_option,
-                                 seed_arg)
+from hoiguide.apps.batch import BatchError, parse_shard, run_batch
+from hoiguide.cli.common import (
+    BACKBONE_SPEC,
+    Formatter,
+    UsageError,
+    parse_noise,
+    parse_option,
+    seed_arg,
+)
+from hoiguide.phases import ScheduleError
 
 log = logging.getLogger("hoiguide")
 
@@ -85,8 +92,6 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> argpars
 
 def run(args: argparse.Namespace) -> int:
     """Every item of a folder or list file, one output folder each (hoiguide.apps.batch)."""
-    from hoiguide.apps.batch import BatchError, parse_shard, run_batch
-    from hoiguide.phases import ScheduleError
 
     try:
         noise = parse_noise(args.noise)

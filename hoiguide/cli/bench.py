@@ -8,9 +8,23 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-
-from hoiguide.cli.common import (Formatter, UsageError, backbone_arg, first_line,
-                                 guidance_options, parse_noise, seed_arg)
+from hoiguide.apps.bench import (
+    BenchmarkError,
+    format_table,
+    resolve_presets,
+    resolve_scenes,
+    run_benchmark,
+)
+from hoiguide.cli.common import (
+    Formatter,
+    UsageError,
+    backbone_arg,
+    first_line,
+    guidance_options,
+    parse_noise,
+    seed_arg,
+)
+from hoiguide.phases import ScheduleError
 
 log = logging.getLogger("hoiguide")
 
@@ -54,9 +68,6 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> argpars
 
 def run(args: argparse.Namespace) -> int:
     """Run presets on a scene set and write per-scene results and the summary tables."""
-    from hoiguide.apps.bench import (BenchmarkError, format_table, resolve_presets,
-                                     resolve_scenes, run_benchmark)
-    from hoiguide.phases import ScheduleError
 
     try:
         noise = parse_noise(args.noise)

@@ -9,7 +9,10 @@ import logging
 import re
 from typing import Any
 
-from hoiguide.backbones.spec import BackboneSpecError, load_backbone as _load_backbone
+from hoiguide.backbones.spec import BackboneSpecError
+from hoiguide.backbones.spec import load_backbone as _load_backbone
+from hoiguide.guidance.records import GuidanceOptions
+from hoiguide.io import OutputFolderError, check_output_folder
 
 __all__ = ["UsageError", "parse_noise", "parse_option", "load_backbone", "first_line",
            "Formatter", "verbosity_flags", "BACKBONE_SPEC", "seed_arg", "guidance_options",
@@ -102,7 +105,6 @@ def seed_arg(text: str) -> int:
 def guidance_options(option_args: list[str]) -> dict[str, Any]:
     """``--option KEY=VALUE ...`` as a validated :class:`hoiguide.GuidanceOptions` mapping; a
     bad key or value is a :class:`UsageError` naming the option."""
-    from hoiguide.guidance.records import GuidanceOptions
 
     options = dict(parse_option(o) for o in option_args)
     try:
@@ -115,7 +117,6 @@ def guidance_options(option_args: list[str]) -> dict[str, Any]:
 def output_folder(path: str, kind: str, allowed: tuple[str, ...]) -> None:
     """``--out`` follows the one rule (:func:`hoiguide.io.check_output_folder`): new, empty,
     or an earlier output of this command; anything else is a :class:`UsageError`."""
-    from hoiguide.io import OutputFolderError, check_output_folder
 
     try:
         check_output_folder(path, kind, allowed)

@@ -7,10 +7,18 @@ import logging
 from pathlib import Path
 from typing import Any
 
-
-from hoiguide.cli.common import (Formatter, UsageError, backbone_arg, first_line,
-                                 guidance_options, output_folder, parse_noise, seed_arg)
-from hoiguide.phases import DEFAULT_SCHEDULE
+from hoiguide.apps.scene import OUTPUT_FILES, RESULT_KIND, headline, run_demo
+from hoiguide.cli.common import (
+    Formatter,
+    UsageError,
+    backbone_arg,
+    first_line,
+    guidance_options,
+    output_folder,
+    parse_noise,
+    seed_arg,
+)
+from hoiguide.phases import DEFAULT_SCHEDULE, ScheduleError, load_schedule
 
 log = logging.getLogger("hoiguide")
 
@@ -62,8 +70,6 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> argpars
 
 def run(args: argparse.Namespace) -> int:
     """One synthetic scene end to end: meshes, pictures and metrics (hoiguide.apps.scene.run_demo)."""
-    from hoiguide.apps.scene import OUTPUT_FILES, RESULT_KIND, headline, run_demo
-    from hoiguide.phases import ScheduleError, load_schedule
 
     try:
         noise = parse_noise(args.noise)

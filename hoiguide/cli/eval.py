@@ -25,7 +25,11 @@ import shlex
 from pathlib import Path
 from typing import Any, Sequence
 
+from hoiguide.adapters.models import ModelLoadError, ModelsConfigError
+from hoiguide.apps.evaluate import EvalError, format_tables, run_evaluation
 from hoiguide.cli.common import UsageError, first_line, parse_option, seed_arg
+from hoiguide.datasets import DatasetError
+from hoiguide.phases import ScheduleError
 
 __all__ = ["register", "run"]
 
@@ -117,10 +121,6 @@ def register(subparsers: Any, parents: Sequence[argparse.ArgumentParser] = ()
 
 def run(args: argparse.Namespace) -> int:
     """Run ``hoiguide eval`` (exit codes in the module docstring)."""
-    from hoiguide.adapters.models import ModelLoadError, ModelsConfigError
-    from hoiguide.apps.evaluate import EvalError, format_tables, run_evaluation
-    from hoiguide.datasets import DatasetError
-    from hoiguide.phases import ScheduleError
 
     try:
         if args.limit is not None and args.limit < 1:

@@ -22,9 +22,20 @@ import logging
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from hoiguide.cli.common import (Formatter, UsageError, backbone_arg, first_line,
-                                 guidance_options, output_folder, parse_option, seed_arg)
-from hoiguide.phases import DEFAULT_SCHEDULE
+from hoiguide.adapters.models import ModelLoadError, Models, ModelsConfigError
+from hoiguide.adapters.pipeline import ImageError, PipelineOptions
+from hoiguide.apps.photo import OUTPUT_FILES, RESULT_KIND, reconstruct_image
+from hoiguide.cli.common import (
+    Formatter,
+    UsageError,
+    backbone_arg,
+    first_line,
+    guidance_options,
+    output_folder,
+    parse_option,
+    seed_arg,
+)
+from hoiguide.phases import DEFAULT_SCHEDULE, ScheduleError, load_schedule
 
 __all__ = ["register", "run"]
 
@@ -110,10 +121,6 @@ def _intrinsics(text: Optional[str]) -> Optional[tuple[float, ...]]:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``hoiguide reconstruct`` (see the module docstring for the exit codes)."""
-    from hoiguide.adapters.models import ModelLoadError, Models, ModelsConfigError
-    from hoiguide.adapters.pipeline import ImageError, PipelineOptions
-    from hoiguide.apps.photo import OUTPUT_FILES, RESULT_KIND, reconstruct_image
-    from hoiguide.phases import ScheduleError, load_schedule
 
     quiet = bool(getattr(args, "quiet", False))
     try:

@@ -6,8 +6,8 @@ import argparse
 import logging
 from typing import Any
 
-
 from hoiguide.cli.common import Formatter, UsageError, first_line
+from hoiguide.phases import ScheduleError, load_schedule
 
 log = logging.getLogger("hoiguide")
 
@@ -30,7 +30,6 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> argpars
 
 def run(args: argparse.Namespace) -> int:
     """Print the resolved schedule; a bad schedule or step count is exit code 2."""
-    from hoiguide.phases import ScheduleError, load_schedule
 
     try:
         if args.steps is not None and args.steps < 1:

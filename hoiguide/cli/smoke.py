@@ -11,8 +11,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from hoiguide.cli.common import (Formatter)
+from hoiguide.cli.common import Formatter
+from hoiguide.eval import chamfer_distance, fscore
+from hoiguide.geometry import extract_isosurface, grid_points, icp
 from hoiguide.io import save_png, write_json
+from hoiguide.render import render
+from hoiguide.rotations import axis_angle_to_matrix, rotation_angle
+from hoiguide.types import Camera, Similarity
 
 log = logging.getLogger("hoiguide")
 
@@ -53,11 +58,6 @@ def _to_uint8(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 def run(args: argparse.Namespace) -> int:
     """Geometric core end to end on an analytic object, with known answers."""
-    from hoiguide.eval import chamfer_distance, fscore
-    from hoiguide.geometry import extract_isosurface, grid_points, icp
-    from hoiguide.render import render
-    from hoiguide.rotations import axis_angle_to_matrix, rotation_angle
-    from hoiguide.types import Camera, Similarity
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -7,8 +7,9 @@ import logging
 import shlex
 from typing import Any
 
-
 from hoiguide.cli.common import Formatter, UsageError, seed_arg
+from hoiguide.synth.generate import generate_scenes
+from hoiguide.synth.objects import parse_object_spec
 
 log = logging.getLogger("hoiguide")
 
@@ -41,8 +42,6 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> argpars
 
 def run(args: argparse.Namespace) -> int:
     """Generate synthetic hand-object scenes with ground truth."""
-    from hoiguide.synth.generate import generate_scenes
-    from hoiguide.synth.objects import parse_object_spec
 
     try:
         parse_object_spec(args.objects)

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
 from hoiguide._lazy import lazy_exports
+from hoiguide.datasets.base import DatasetError
+from hoiguide.io import did_you_mean
 
 DATASETS = ("dexycb", "ho3d", "oakink", "arctic")
 
@@ -74,8 +76,6 @@ def open_dataset(name: str, root: Union[str, Path], *,
     import importlib
     import inspect
 
-    from hoiguide.datasets.base import DatasetError
-    from hoiguide.io import did_you_mean
 
     key = str(name).lower()
     if key not in _CLASSES:

@@ -59,10 +59,18 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-from hoiguide.datasets.base import (Dataset, DatasetError, Sample, camera_from_opencv,
-                                    read_npy, read_rgb)
+from hoiguide.datasets.base import (
+    Dataset,
+    DatasetError,
+    Sample,
+    camera_from_opencv,
+    read_npy,
+    read_rgb,
+)
 from hoiguide.datasets.meshes import load_object_mesh
 from hoiguide.datasets.splits import path_tail
+from hoiguide.hands import MANO_TIP_IDS_SMPLX
+from hoiguide.rotations import axis_angle_to_matrix
 from hoiguide.types import Camera, Mesh
 
 __all__ = ["ARCTIC", "crop_box", "undistort_image", "articulate"]
@@ -286,7 +294,6 @@ class ARCTIC(Dataset):
 
     # ground truth --------------------------------------------------------------------------
     def _hand_world(self, mano: dict, side: str, t: int, path: Path) -> tuple[Mesh, np.ndarray]:
-        from hoiguide.hands import MANO_TIP_IDS_SMPLX
 
         h = mano.get(side) if isinstance(mano, dict) else None
         if not isinstance(h, dict) or any(k not in h for k in ("rot", "pose", "trans", "shape")):
@@ -305,7 +312,6 @@ class ARCTIC(Dataset):
     def get(self, frame_id: str, row: Optional[Mapping[str, str]] = None) -> Sample:
         from scipy.spatial import cKDTree
 
-        from hoiguide.rotations import axis_angle_to_matrix
 
         sid, seq, view, num = self._split_id(frame_id)
         if not 0 <= view <= 8:

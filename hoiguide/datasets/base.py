@@ -21,8 +21,10 @@ from typing import Any, ClassVar, Iterator, Mapping, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from hoiguide.io import RestrictedUnpickler, load_image, read_numpy_pickle
 from hoiguide.datasets.errors import DatasetError
+from hoiguide.datasets.splits import read_split, seeded_order
+from hoiguide.hands import ManoLayer
+from hoiguide.io import RestrictedUnpickler, load_image, read_numpy_pickle
 from hoiguide.types import Camera, Mesh
 
 __all__ = ["Sample", "Dataset", "DatasetError", "Selected", "camera_from_opencv",
@@ -215,7 +217,6 @@ class Dataset:
     def mano(self, side: str, **kwargs: Any) -> Any:
         """A cached :class:`hoiguide.hands.ManoLayer` of ``side`` built from ``mano_dir``
         (keyword arguments as for the layer)."""
-        from hoiguide.hands import ManoLayer
 
         key = (side, tuple(sorted(kwargs.items())))
         if key not in self._mano:
@@ -288,7 +289,6 @@ class Dataset:
             DatasetError: a bad argument, an unreadable split file or a path in it that does
                 not name a frame of this dataset.
         """
-        from hoiguide.datasets.splits import read_split, seeded_order
 
         if order not in ("auto", "first", "random"):
             raise DatasetError(f"{self.name}: order must be auto, first or random, got "

@@ -33,9 +33,16 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from hoiguide.datasets.base import Dataset, DatasetError, Sample, camera_from_opencv, read_rgb
+from hoiguide.datasets.base import (
+    Dataset,
+    DatasetError,
+    Sample,
+    camera_from_opencv,
+    read_rgb,
+)
 from hoiguide.datasets.meshes import load_object_mesh, posed_mesh
 from hoiguide.datasets.splits import path_tail
+from hoiguide.io import load_yaml
 
 __all__ = ["DexYCB", "YCB_CLASSES"]
 
@@ -73,7 +80,6 @@ class DexYCB(Dataset):
 
     # files ---------------------------------------------------------------------------------
     def _yaml(self, path: Path, what: str) -> Any:
-        from hoiguide.io import load_yaml
 
         self.require(path, what)
         try:

@@ -36,10 +36,18 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import torch
 
-from hoiguide.datasets.base import (MANO_TO_OPENPOSE, Dataset, DatasetError, Sample,
-                                    camera_from_opencv, read_pickle, read_rgb)
+from hoiguide.datasets.base import (
+    MANO_TO_OPENPOSE,
+    Dataset,
+    DatasetError,
+    Sample,
+    camera_from_opencv,
+    read_pickle,
+    read_rgb,
+)
 from hoiguide.datasets.meshes import load_object_mesh, posed_mesh
 from hoiguide.datasets.splits import path_tail
+from hoiguide.rotations import axis_angle_to_matrix
 from hoiguide.types import Mesh
 
 __all__ = ["HO3D", "HO3D_TIP_IDS", "OPENGL_TO_OPENCV"]
@@ -133,7 +141,6 @@ class HO3D(Dataset):
         return a
 
     def get(self, frame_id: str, row: Optional[Mapping[str, str]] = None) -> Sample:
-        from hoiguide.rotations import axis_angle_to_matrix
 
         subset, seq, stem = self._split_id(frame_id)
         seq_dir = self.root / subset / seq

@@ -42,8 +42,14 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
-from hoiguide.datasets.base import (Dataset, DatasetError, Sample, camera_from_opencv,
-                                    read_pickle, read_rgb)
+from hoiguide.datasets.base import (
+    Dataset,
+    DatasetError,
+    Sample,
+    camera_from_opencv,
+    read_pickle,
+    read_rgb,
+)
 from hoiguide.datasets.meshes import load_object_mesh, posed_mesh
 from hoiguide.datasets.splits import path_tail
 from hoiguide.types import Mesh

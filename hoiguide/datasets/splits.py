@@ -17,6 +17,8 @@ from typing import Union
 
 import numpy as np
 
+from hoiguide.datasets.errors import DatasetError
+
 __all__ = ["read_split", "seeded_order", "path_tail"]
 
 log = logging.getLogger(__name__)
@@ -32,7 +34,6 @@ def read_split(path: Union[str, Path]) -> list[dict[str, str]]:
         DatasetError: no such file, no header, a missing required column, an empty file or
             a row without an image path (the message names the file and the row).
     """
-    from hoiguide.datasets.errors import DatasetError
 
     p = Path(path).expanduser()
     if not p.is_file():

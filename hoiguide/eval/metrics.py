@@ -23,6 +23,7 @@ from typing import Any, Iterable, Sequence, Union
 import numpy as np
 import torch
 
+from hoiguide.geometry.mesh_query import inside
 from hoiguide.geometry.sampling import as_points, sample_surface
 from hoiguide.types import Mesh
 
@@ -182,7 +183,6 @@ def intersection_volume(mesh_a: Mesh, mesh_b: Mesh, voxel: float = 0.005) -> flo
     Returns:
         The intersection volume in cm^3 (0.0 when the bounding boxes do not overlap).
     """
-    from hoiguide.geometry.mesh_query import inside
 
     fn = "intersection_volume"
     for name, m in (("mesh_a", mesh_a), ("mesh_b", mesh_b)):

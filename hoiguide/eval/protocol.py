@@ -25,8 +25,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from hoiguide.eval.metrics import (chamfer_from, check_count, fscore_from, nn_distances,
-                                   geometry_points, intersection_volume)
+from hoiguide.eval.metrics import (
+    chamfer_from,
+    check_count,
+    fscore_from,
+    geometry_points,
+    intersection_volume,
+    nn_distances,
+)
+from hoiguide.geometry import fit_similarity, icp
 from hoiguide.types import Camera, Mesh, Similarity
 
 __all__ = ["hand_alignment", "hand_aligned_metrics", "hidden_surface_mask"]
@@ -65,7 +72,6 @@ def hand_alignment(pred_hand: Mesh, gt_hand: Mesh, *, num_samples: int = 10000,
     Returns:
         A :class:`Similarity` (float64) with ``x_gt = s R x_pred + t``.
     """
-    from hoiguide.geometry import fit_similarity, icp
 
     fn = "hand_alignment"
     _check_mesh(pred_hand, "pred_hand", fn)

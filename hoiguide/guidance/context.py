@@ -23,8 +23,13 @@ from typing import Any, Optional, Sequence
 import torch
 
 from hoiguide.geometry import extract_isosurface
-from hoiguide.guidance.records import (GuidanceOptions, History, HistoryRecord,
-                                       NonFiniteLossError, Timings)
+from hoiguide.guidance.records import (
+    GuidanceOptions,
+    History,
+    HistoryRecord,
+    NonFiniteLossError,
+    Timings,
+)
 from hoiguide.guidance.sampler import decode_grid
 from hoiguide.guidance.targets import RenderTargets, prepare_targets
 from hoiguide.losses import LOSSES, LossContext

@@ -53,7 +53,11 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import torch
 
 from hoiguide.backbones.base import check_backbone, check_latent
-from hoiguide.geometry import connected_components, extract_isosurface, remove_small_components
+from hoiguide.geometry import (
+    connected_components,
+    extract_isosurface,
+    remove_small_components,
+)
 from hoiguide.guidance.context import RunContext, StopGuidance
 from hoiguide.guidance.flow import TimeConvention, predict_clean
 from hoiguide.guidance.inner import InnerResult, optimise_phase

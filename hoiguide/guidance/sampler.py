@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from hoiguide.backbones.base import check_backbone, check_latent
+from hoiguide.geometry import extract_isosurface, grid_points
 from hoiguide.guidance.flow import TimeConvention, euler_step
 from hoiguide.types import Mesh
 
@@ -140,7 +141,6 @@ def decode_grid(backbone: Any, latent: torch.Tensor, resolution: int | None = No
         Differentiable w.r.t. ``latent`` when gradients are enabled (sparse: through the
         values the iso-surface's vertices depend on).
     """
-    from hoiguide.geometry import grid_points
 
     check_backbone(backbone)
     unbatched = isinstance(latent, torch.Tensor) and tuple(latent.shape) == tuple(
@@ -195,7 +195,6 @@ def latent_to_mesh(backbone: Any, latent: torch.Tensor, resolution: int | None =
         :class:`~hoiguide.types.Mesh` in generator units, outward-facing triangles; metadata
         records ``frame="generator"``, ``resolution`` and ``bounds``.
     """
-    from hoiguide.geometry import extract_isosurface
 
     if isinstance(latent, torch.Tensor) and latent.ndim == len(backbone.latent_shape) + 1:
         if latent.shape[0] != 1:

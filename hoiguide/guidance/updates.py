@@ -32,8 +32,14 @@ from typing import Optional
 
 import torch
 
-from hoiguide.guidance.flow import (TimeConvention, add_noise, euler_step, noise_back,
-                                    predict_clean, predict_noise)
+from hoiguide.guidance.flow import (
+    TimeConvention,
+    add_noise,
+    euler_step,
+    noise_back,
+    predict_clean,
+    predict_noise,
+)
 
 __all__ = ["FlowUpdate", "EulerUpdate", "RenoiseUpdate", "flow_update", "UPDATE_RULES"]
 

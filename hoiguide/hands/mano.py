@@ -30,8 +30,14 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from hoiguide.hands.base import (HandModel, HandOutput, assemble_keypoints, kinematic_chain,
-                                 skin, transforms_matrix)
+from hoiguide.hands.base import (
+    HandModel,
+    HandOutput,
+    assemble_keypoints,
+    kinematic_chain,
+    skin,
+    transforms_matrix,
+)
 from hoiguide.io import RestrictedUnpickler, numpy_pickle_globals
 from hoiguide.rotations import axis_angle_to_matrix
 

@@ -65,9 +65,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from hoiguide.hands.base import (FINGER_JOINTS, FINGERS, MANO_PARENTS, HandModel, HandOutput,
-                                 assemble_keypoints, kinematic_chain, mirror_axis_angle,
-                                 mirror_points, mirror_transforms, skin, transforms_matrix)
+from hoiguide.geometry.isosurface import extract_isosurface, grid_points
+from hoiguide.hands.base import (
+    FINGER_JOINTS,
+    FINGERS,
+    MANO_PARENTS,
+    HandModel,
+    HandOutput,
+    assemble_keypoints,
+    kinematic_chain,
+    mirror_axis_angle,
+    mirror_points,
+    mirror_transforms,
+    skin,
+    transforms_matrix,
+)
 from hoiguide.rotations import axis_angle_to_matrix
 
 __all__ = ["ProceduralHand"]
@@ -669,7 +681,6 @@ def _sample_grid(sdf: Any, bounds: np.ndarray, h: float) -> tuple[torch.Tensor, 
     a grid of spacing ``2 h`` first, trilinearly interpolated, then exact values wherever the
     interpolant is within ``h + 2 sqrt(3) h`` of zero (the SDF is 1-Lipschitz, so signs
     elsewhere and the values at both ends of every sign-changing edge are exact)."""
-    from hoiguide.geometry.isosurface import grid_points
 
     n_coarse = np.ceil((bounds[1] - bounds[0]) / (2 * h)).astype(int) + 1
     hi = bounds[0] + (n_coarse - 1) * 2 * h
@@ -696,7 +707,6 @@ def _template(detail: int) -> _Template:
     """Mesh and rig the rest right hand (once per process and detail level)."""
     import time
 
-    from hoiguide.geometry.isosurface import extract_isosurface
 
     t0 = time.perf_counter()
     sk = _skeleton()

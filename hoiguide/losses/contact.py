@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from hoiguide.geometry import signed_distance
 from hoiguide.geometry.indexing import take
 from hoiguide.losses.context import LossContext
 from hoiguide.losses.image import shape_text
@@ -42,7 +43,6 @@ def _check_mesh(mesh: Mesh, what: str, name: str) -> None:
 
 
 def _sdf(points: torch.Tensor, mesh: Mesh, sign: str) -> torch.Tensor:
-    from hoiguide.geometry import signed_distance
 
     return signed_distance(points, mesh, sign=sign)
 

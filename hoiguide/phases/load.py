@@ -12,11 +12,16 @@ from typing import Any, Optional, Union
 
 import yaml
 
-
 from hoiguide.io import did_you_mean, load_yaml
-
+from hoiguide.losses import LOSSES
 from hoiguide.phases.errors import ScheduleError
-from hoiguide.phases.model import TOP_KEYS, PhaseSchedule, check_keys, join_path, parse_schedule
+from hoiguide.phases.model import (
+    TOP_KEYS,
+    PhaseSchedule,
+    check_keys,
+    join_path,
+    parse_schedule,
+)
 
 __all__ = ["load_schedule", "available_presets"]
 
@@ -95,7 +100,6 @@ def _merge_phases(base: Any, over: Any, source: str, base_name: str) -> Any:
 
 
 def _drop_losses(d: dict, drop: Any, source: str) -> None:
-    from hoiguide.losses import LOSSES
 
     if not isinstance(drop, list) or not all(isinstance(x, str) for x in drop):
         raise ScheduleError(f"expected a list of loss names, got {drop!r}", "drop_losses",

@@ -20,6 +20,7 @@ import torch
 import yaml
 
 from hoiguide.io import did_you_mean
+from hoiguide.losses import LOSSES
 from hoiguide.phases.errors import ScheduleError
 from hoiguide.phases.steps import FLOOR_TOL, assign_steps
 
@@ -636,7 +637,6 @@ def _parse_optimizer(d: Any, path: str, source: Optional[str]) -> OptimizerSpec:
 
 def _parse_weights(d: Any, path: str, source: Optional[str], phase: str
                    ) -> tuple[LossWeight, ...]:
-    from hoiguide.losses import LOSSES
 
     if not isinstance(d, Mapping) or not d:
         raise ScheduleError(f"expected a non-empty mapping of loss name -> weight, got {d!r}",

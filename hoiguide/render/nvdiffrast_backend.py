@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from hoiguide.render.portable import NEAR_Z
 from hoiguide.types import Camera
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,6 @@ def _context(dr: Any, device: torch.device) -> Any:
 def _clip_positions(verts: torch.Tensor, cam: Camera) -> torch.Tensor | None:
     """``(1, V, 4)`` float32 clip-space positions (differentiable), or None when nothing
     is in front of the camera."""
-    from hoiguide.render.portable import NEAR_Z
 
     v = verts.float()
     x, y, z = v[:, 0], v[:, 1], v[:, 2]

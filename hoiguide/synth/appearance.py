@@ -31,6 +31,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from hoiguide.render import render
 from hoiguide.types import Camera, Mesh
 
 log = logging.getLogger(__name__)
@@ -546,7 +547,6 @@ def shade(meshes: Sequence[Mesh], colors: Sequence[torch.Tensor | Texture], came
     Returns:
         ``(H, W, 3)`` uint8 sRGB image.
     """
-    from hoiguide.render import render
 
     if isinstance(meshes, Mesh):
         meshes = [meshes]

@@ -23,6 +23,18 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from hoiguide.render import render
+from hoiguide.synth.appearance import (
+    Texture,
+    random_lighting,
+    random_material,
+    random_skin_tone,
+    shade,
+    vertex_colors,
+)
+from hoiguide.synth.cameras import place_camera
+from hoiguide.synth.grasp import hand_frame, synthesize_grasp
+from hoiguide.synth.objects import ObjectSource, load_object, parse_object_spec
 from hoiguide.synth.scene import Scene, read_manifest, write_manifest
 from hoiguide.types import Mesh, Similarity
 
@@ -68,12 +80,6 @@ def make_scene(source, *, seed: int = 0, index: int = 0, image_size: int = 256,
         hoiguide.synth.grasp.GraspError: no acceptable grasp for this object.
         VisibilityError: every camera tried sees less than half of ``min_visible_object``.
     """
-    from hoiguide.render import render
-    from hoiguide.synth.appearance import (Texture, random_lighting, random_material,
-                                           random_skin_tone, shade, vertex_colors)
-    from hoiguide.synth.cameras import place_camera
-    from hoiguide.synth.grasp import synthesize_grasp
-    from hoiguide.synth.objects import ObjectSource, load_object, parse_object_spec
 
     rng = _scene_rng(seed, index)
     if isinstance(source, str):
@@ -102,7 +108,6 @@ def make_scene(source, *, seed: int = 0, index: int = 0, image_size: int = 256,
     kp_w = out.keypoints[0].to(torch.float64)
     # camera
     style = camera_style or str(rng.choice(CAMERA_STYLES))
-    from hoiguide.synth.grasp import hand_frame
 
     fr = hand_frame(hand_model, grasp.betas)
     R_hand = _rotmat(grasp.global_orient.numpy())
@@ -232,7 +237,6 @@ def generate_scenes(n: int, out: str | Path, *, objects: str = "pybullet:0-699",
     Returns:
         The manifest as a dict.
     """
-    from hoiguide.synth.objects import parse_object_spec
 
     if int(n) < 1:
         raise ValueError(f"generate_scenes: expected n >= 1, got {n}")

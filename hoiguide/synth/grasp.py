@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hoiguide.geometry import closest_points, sample_surface, signed_distance
 from hoiguide.types import Mesh
 
 log = logging.getLogger(__name__)
@@ -161,7 +162,6 @@ class _Evaluator:
         """Signed distance to the object (metres, negative inside). Exact within ``band`` of
         the object's bounding box; farther points get their distance to the box (a lower
         bound, always larger than the contact thresholds), which skips most BVH queries."""
-        from hoiguide.geometry import signed_distance
 
         p = points.to(torch.float64)
         gap = torch.maximum(self.lo - p, p - self.hi).clamp_min(0).norm(dim=-1)
@@ -175,7 +175,6 @@ class _Evaluator:
 def _approach(obj: Mesh, grasp_type: str, rng: np.random.Generator
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Surface point, outward normal and finger direction for one attempt."""
-    from hoiguide.geometry import closest_points, sample_surface
 
     V = obj.vertices.detach().cpu().numpy().astype(np.float64)
     c = V.mean(0)

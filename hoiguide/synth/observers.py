@@ -47,6 +47,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from hoiguide.adapters.inpainting import OpenCVInpainter, object_image
+from hoiguide.alignment import build_observations
+from hoiguide.geometry import point_map_from_depth, sample_surface
+from hoiguide.guidance.sampler import latent_to_mesh, sample
+from hoiguide.hands import ProceduralHand
+from hoiguide.rotations import axis_angle_to_matrix
 from hoiguide.synth.scene import Scene
 from hoiguide.types import Mesh, Observations, Similarity
 
@@ -168,7 +174,6 @@ def observe_depth(scene: Scene, noise: ObserverNoise, rng: np.random.Generator
     Points are in the camera frame (metres, at the observer's wrong metric scale); only
     pixels of the hand or the object are valid (the reference whitens everything else).
     """
-    from hoiguide.geometry import point_map_from_depth
 
     H, W = scene.size
     d = scene.depth.astype(np.float64)
@@ -189,13 +194,11 @@ def observe_depth(scene: Scene, noise: ObserverNoise, rng: np.random.Generator
 # ---------------------------------------------------------------------- hand recovery
 @functools.lru_cache(maxsize=4)
 def _procedural_hand(side: str):
-    from hoiguide.hands import ProceduralHand
 
     return ProceduralHand(side=side)
 
 
 def _random_rotation(deg: float, rng: np.random.Generator) -> torch.Tensor:
-    from hoiguide.rotations import axis_angle_to_matrix
 
     axis = rng.standard_normal(3)
     axis /= np.linalg.norm(axis)
@@ -256,7 +259,6 @@ def inpaint_object(image: np.ndarray, mask_hand: np.ndarray, mask_object_amodal:
     :func:`~hoiguide.adapters.inpainting.object_image` cuts the object out with
     ``mask_object_amodal`` on white and crops a square with ``margin`` on each side.
     """
-    from hoiguide.adapters.inpainting import OpenCVInpainter, object_image
 
     if not np.asarray(mask_object_amodal, bool).any():
         raise ValueError("inpaint_object: the object mask is empty")
@@ -297,7 +299,6 @@ def coarse_hoi_geometry(scene: Scene, noise: ObserverNoise, rng: np.random.Gener
             return mesh.to(dtype=torch.float64), "generator"
         log.warning("coarse HOI: the generator gave no surface; using the noisy union "
                     "geometry instead")
-    from hoiguide.geometry import sample_surface
 
     both = Mesh.concatenate([scene.hand_mesh.to(dtype=torch.float64),
                              scene.object_mesh.to(dtype=torch.float64)])
@@ -317,7 +318,6 @@ def coarse_object_sample(backbone: Any, object_image: np.ndarray, *, num_steps: 
                          resolution: int = 65, seed: int = 0) -> Mesh | None:
     """The generator's unguided sample of the object alone (generator frame), for ICP c
     (:func:`hoiguide.alignment.place_object`); ``None`` when it has no surface."""
-    from hoiguide.guidance.sampler import latent_to_mesh, sample
 
     latent = sample(backbone, object_image, num_steps=num_steps, seed=seed)
     mesh = latent_to_mesh(backbone, latent, resolution)
@@ -357,7 +357,6 @@ def simulate_observations(scene: Scene, *, backbone: Any = None,
         from, the alignment diagnostics and ``gen_to_image_true`` (the generator -> image
         similarity a perfect alignment would give, for diagnostics only).
     """
-    from hoiguide.alignment import build_observations
 
     nz = ObserverNoise.preset(noise)
     rng = np.random.default_rng(stable_seed("observe", scene.scene_id, seed))
