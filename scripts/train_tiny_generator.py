@@ -946,21 +946,63 @@ def build_backbone(work: Path, path: str | Path | None = None):
     return bb
 
 
+def compact_specs(specs: list[str]) -> list[str]:
+    """Object specs as the few range patterns a benchmark's training-object guard matches:
+    ``pybullet:A-B`` (runs of indices; a broken index inside a run does not split it) and
+    ``procedural:KIND@A-B`` (runs of instance seeds per family)."""
+    from hoiguide.synth.objects import BROKEN_INDICES
+
+    pyb: list[int] = []
+    seeds: dict[str, list[int]] = {}
+    other: list[str] = []
+    for spec in specs:
+        kind, _, rest = spec.partition(":")
+        name, _, seed = rest.partition("@")
+        if kind == "pybullet" and name.isdigit():
+            pyb.append(int(name))
+        elif kind == "procedural" and seed.isdigit():
+            seeds.setdefault(name, []).append(int(seed))
+        else:
+            other.append(spec)
+
+    def runs(vals: list[int], bridge: frozenset[int] = frozenset()) -> list[tuple[int, int]]:
+        out: list[list[int]] = []
+        for v in sorted(set(vals)):
+            if out and (v == out[-1][1] + 1 or (v == out[-1][1] + 2 and out[-1][1] + 1 in bridge)):
+                out[-1][1] = v
+            else:
+                out.append([v, v])
+        return [(x, y) for x, y in out]
+
+    res = [f"pybullet:{x}-{y}" for x, y in runs(pyb, frozenset(BROKEN_INDICES))]
+    for name, vals in seeds.items():
+        res += [f"procedural:{name}@{x}-{y}" for x, y in runs(vals)]
+    return res + other
+
+
 def training_objects(data: dict[str, Any], a: argparse.Namespace, arch: dict[str, Any]
                      ) -> dict[str, Any]:
-    """What ``training_objects.json`` records: every object spec the generator was trained or
-    validated on, the procedural seed split and the generator frame."""
+    """What ``training_objects.json`` records (the format ``hoiguide.backbones`` reads:
+    ``objects`` = the training objects as range patterns); also the validation objects, the
+    procedural seed split and the generator frame."""
     from hoiguide.synth.objects import EVAL_SEEDS, TRAIN_SEEDS, VAL_SEEDS
 
     def rng_of(r: range) -> list[int]:
         return [r.start, r.stop - 1]
 
+    train = [s for s, p in zip(data["specs"], data["split"]) if p == "train"]
+    val = [s for s, p in zip(data["specs"], data["split"]) if p == "val"]
     return {
-        "format": 1,
-        "description": "objects the generator saw: 'train' shapes were fitted, 'val' shapes "
-                       "chose the configuration; neither belongs in a benchmark table",
-        "train": [s for s, p in zip(data["specs"], data["split"]) if p == "train"],
-        "val": [s for s, p in zip(data["specs"], data["split"]) if p == "val"],
+        "format": "hoiguide-training-objects",
+        "version": 1,
+        "objects": compact_specs(train),
+        "validation_objects": compact_specs(val),
+        "note": "What the tiny_v2 generator was trained on (scripts/train_tiny_generator.py): "
+                "pybullet_data random_urdfs 000-599 and the listed training seeds of every "
+                "procedural family. validation_objects chose the configuration (development "
+                "objects); random_urdfs 700-999, the named meshes and procedural evaluation "
+                "seeds were never used.",
+        "counts": {"train": len(train), "validation": len(val)},
         "procedural_seeds": {"train": rng_of(TRAIN_SEEDS), "val": rng_of(VAL_SEEDS),
                              "eval": rng_of(EVAL_SEEDS)},
         "generator_frame": "view-aligned: the sample is the object in the input camera's "

@@ -56,7 +56,9 @@ class GuidanceOptions:
         rotation_repr: ``"quaternion"`` (the reference's) or ``"6d"`` for the similarities.
         profile: synchronise the device around each timed part (accurate GPU timings).
         sparse: narrow-band decoding of the SDF grids (inner loop and final mesh): ``True``
-            (default), ``False`` (dense, every grid point) or a dict of
+            (default: narrow band from 65^3 up, see
+            ``hoiguide.guidance.sampler.SPARSE_MIN_RESOLUTION``), ``False`` (dense, every
+            grid point) or a dict of
             :func:`hoiguide.geometry.sparse_grid` options (``band``, ``last_band``,
             ``coarse_resolution``). The mesh is the dense grid's wherever the band finds the
             surface (see :mod:`hoiguide.geometry.sparse` for the one case it cannot: a part
