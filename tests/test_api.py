@@ -154,3 +154,26 @@ def test_models_accepts_the_cli_names():
 
     assert Models.load("offline").describe() == Models.offline().describe()
     assert Models.load("default").describe() == Models.default().describe()
+
+
+def _missing_a(**kw):
+    raise FileNotFoundError("no weights at /nowhere/a (run `hf download org/a`)")
+
+
+def _missing_b(**kw):
+    raise FileNotFoundError("no weights at /nowhere/b (run `hf download org/b`)")
+
+
+def test_every_missing_model_is_listed_at_once():
+    """A photo with no weights on disk: one error names every role that cannot be built."""
+    from hoiguide.adapters import ModelLoadError, Models
+
+    m = Models.from_dict({"segmentation": {"factory": f"python:{__name__}:_missing_a"},
+                          "geometry": {"factory": f"python:{__name__}:_missing_b"},
+                          "inpainting": {"kind": "opencv"}})
+    with pytest.raises(ModelLoadError) as ei:
+        m.build(["segmentation", "inpainting", "geometry"])
+    msg = str(ei.value)
+    assert msg.startswith("2 models cannot be built:")
+    assert "models.segmentation" in msg and "hf download org/a" in msg
+    assert "models.geometry" in msg and "hf download org/b" in msg
