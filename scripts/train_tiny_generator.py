@@ -67,11 +67,15 @@ Stages (each resumable, intermediate files in ``--work``, default ``/tmp/tiny_wo
     ``weights/tiny`` is only replaced on purpose), plus ``training_objects.json``: every
     object spec used for training and for validation, so a benchmark can refuse them.
 
-Usage::
+``sheet``
+    A contact sheet of the procedural families (``docs/images/procedural_families.png``).
+
+Usage (docs/tiny-generator.md has the commands and times of the exported run)::
 
     nice -n 10 .venv/bin/python scripts/train_tiny_generator.py --stage all \
         --work /tmp/tiny_v2 --out hoiguide/backbones/weights/tiny_v2
-    .venv/bin/python scripts/train_tiny_generator.py --stage b --steps-b 20000 ...  # continue
+    .venv/bin/python scripts/train_tiny_generator.py --stage b --steps-b 20000 \
+        --lr-horizon 20000 ...                                              # continue
 
 The script sets ``torch.set_num_threads(--threads)`` (default 1). Everything is seeded by
 ``--seed``; with the same seed, thread count and library versions the exported weights are
@@ -1078,14 +1082,26 @@ def stage_eval(a: argparse.Namespace) -> None:
             return None
         return sample_surface(m.to(dtype=torch.float64), 4096, seed=seed)
 
+    def boxed(p: np.ndarray | None) -> np.ndarray | None:
+        """A sample moved and scaled to the generator-frame convention (bounding-box centre
+        at the origin, longest side 1.8): its shape error without its size error."""
+        if p is None:
+            return None
+        lo, hi = p.min(0), p.max(0)
+        return (p - 0.5 * (lo + hi)) * (GEN_BOX_SIDE / max(float((hi - lo).max()), 1e-9))
+
     t0 = time.time()
     rows = []
     perm = (np.arange(n) + 1 + rng.integers(0, n - 1, size=n)) % n   # a different shape
     perm = np.where(perm == np.arange(n), (perm + 1) % n, perm)
     rand_tr = rng.choice(tr, size=n)
-    rand_tr_pts = [view_points(data, int(i), 0) for i in rand_tr]
+    rand_tr_pts = [view_points(data, int(i), 0) if a.eval_frame == "view" else
+                   data["surface"][int(i)].numpy().astype(np.float64) for i in rand_tr]
     for view in (0, 1):
-        truth = [view_points(data, int(i), view) for i in va]
+        if a.eval_frame == "object":     # a generator trained in the object's own frame
+            truth = [data["surface"][int(i)].numpy().astype(np.float64) for i in va]
+        else:
+            truth = [view_points(data, int(i), view) for i in va]
         imgs = [images[int(i)][view].numpy() for i in va]
         pts = {}
         for w in a.cfg:
@@ -1110,16 +1126,23 @@ def stage_eval(a: argparse.Namespace) -> None:
                 # the sample made from ANOTHER validation shape's image, vs this shape
                 row[f"cd_shuffled_w{w:g}"] = (chamfer(q, truth[k]) if q is not None
                                               else float("nan"))
+                # the same after putting each sample into the normalised box
+                row[f"cdbox_w{w:g}"] = (chamfer(boxed(p), truth[k]) if p is not None
+                                        else float("nan"))
+                row[f"cdbox_shuffled_w{w:g}"] = (chamfer(boxed(q), truth[k]) if q is not None
+                                                 else float("nan"))
             row["cd_random_train"] = chamfer(rand_tr_pts[k], truth[k])
-            row["cd_stage_a_latent"] = (lambda p: chamfer(p, truth[k]) if p is not None
-                                        else float("nan"))(mesh_pts(z_val[k][view], k))
+            row["cd_stage_a_latent"] = float("nan") if a.eval_frame == "object" else (
+                lambda p: chamfer(p, truth[k]) if p is not None else float("nan"))(
+                mesh_pts(z_val[k][view], k))
             rows.append(row)
         log.info("eval view %d done (%.0f s)", view, time.time() - t0)
     summary = _summarise(rows, a.cfg)
     out = {"rows": rows, "summary": summary, "steps": a.eval_steps, "resolution": res,
            "seconds": round(time.time() - t0, 1)}
     name = f"eval_s{a.eval_steps}" + (f"_pf{a.eval_per_family}" if a.eval_per_family else "") \
-        + (f"_{Path(a.eval_ckpt).stem}" if a.eval_ckpt else "") + ".json"
+        + (f"_{Path(a.eval_ckpt).stem}" if a.eval_ckpt else "") \
+        + ("_objectframe" if a.eval_frame == "object" else "") + ".json"
     with open(work / name, "w") as f:
         json.dump(out, f, indent=1)
     log.info("eval summary (%s): %s", name, json.dumps(_headline(summary, a.cfg), indent=1))
@@ -1131,7 +1154,7 @@ def stage_eval(a: argparse.Namespace) -> None:
 
 def _group_summary(rs: list[dict[str, Any]], cfgs: list[float]) -> dict[str, Any]:
     d: dict[str, Any] = {"n": len(rs)}
-    keys = sorted({k for r in rs for k in r if k.startswith("cd_")})
+    keys = sorted({k for r in rs for k in r if k.startswith(("cd_", "cdbox_"))})
     for k in keys:
         v = np.array([r[k] for r in rs if k in r], float)
         d[k] = {"mean": float(np.nanmean(v)) if (~np.isnan(v)).any() else float("nan"),
@@ -1148,6 +1171,13 @@ def _group_summary(rs: list[dict[str, Any]], cfgs: list[float]) -> dict[str, Any
         d[f"w{w:g}_beats_shuffled_frac"] = float((own[both] < other[both]).mean())
         d[f"w{w:g}_beats_random_train_frac"] = float((own < c).mean())
         d[f"w{w:g}_empty_frac"] = float(np.isnan(x).mean())
+        if f"cdbox_w{w:g}" in rs[0]:
+            xb = np.array([r[f"cdbox_w{w:g}"] for r in rs], float)
+            yb = np.array([r[f"cdbox_shuffled_w{w:g}"] for r in rs], float)
+            own = np.where(np.isnan(xb), np.inf, xb)
+            other = np.where(np.isnan(yb), np.inf, yb)
+            both = ~(np.isinf(own) & np.isinf(other))
+            d[f"w{w:g}_box_beats_shuffled_frac"] = float((own[both] < other[both]).mean())
     return d
 
 
@@ -1175,6 +1205,9 @@ def _headline(summary: dict[str, Any], cfgs: list[float]) -> dict[str, Any]:
         out[f"cfg {w:g}"] = {
             "own_beats_other": round(al[f"w{w:g}_beats_shuffled_frac"], 3),
             "median_cd": round(al[f"cd_w{w:g}"]["median"], 4),
+            "median_cd_boxed": round(al.get(f"cdbox_w{w:g}", {}).get("median", float("nan")), 4),
+            "own_beats_other_boxed": round(al.get(f"w{w:g}_box_beats_shuffled_frac",
+                                                  float("nan")), 3),
             "empty": round(al[f"w{w:g}_empty_frac"], 4),
             "upper_bound_median_cd": round(al["cd_stage_a_latent"]["median"], 4),
             "random_train_median_cd": round(al["cd_random_train"]["median"], 4),
@@ -1382,7 +1415,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="latent noise std during stage A")
     p.add_argument("--t-sampling", choices=["mix", "uniform"], default="mix")
     p.add_argument("--lr-a", type=float, default=1e-3)
-    p.add_argument("--steps-b", type=int, default=10000)
+    p.add_argument("--steps-b", type=int, default=8000)
     p.add_argument("--lr-horizon", type=int, default=0,
                    help="steps of the cosine learning-rate schedule (default --steps-b)")
     p.add_argument("--batch-b", type=int, default=32)
@@ -1400,6 +1433,9 @@ def main(argv: list[str] | None = None) -> None:
                         "(random_urdfs 600-699 count as one family)")
     p.add_argument("--eval-ckpt", default="",
                    help="evaluate this stage-B file (e.g. WORK/stage_b_4000.pt) instead")
+    p.add_argument("--eval-frame", choices=["view", "object"], default="view",
+                   help="frame of the truth: view-aligned (this script's generators) or the "
+                        "object's own frame (the first bundled generator, weights/tiny)")
     p.add_argument("--eval-exported", action="store_true",
                    help="evaluate the exported package weights (through from_pretrained)")
     p.add_argument("--no-figures", dest="figures", action="store_false")
