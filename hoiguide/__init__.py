@@ -6,7 +6,14 @@ The public API is flat; see the README for a tour. Heavy optional parts import l
 from importlib import import_module
 from typing import Any
 
-from hoiguide.types import Camera, Mesh, Observations, Similarity, SimilarityParams
+from hoiguide.types import (
+    Camera,
+    ClipObservations,
+    Mesh,
+    Observations,
+    Similarity,
+    SimilarityParams,
+)
 
 __version__ = "0.1.0"
 
@@ -14,13 +21,14 @@ __version__ = "0.1.0"
 _LAZY = {
     "guided_reconstruct": "hoiguide.api",
     "Reconstruction": "hoiguide.result",
+    "ClipReconstruction": "hoiguide.result",
     "load_schedule": "hoiguide.phases.load",
     "ScheduleError": "hoiguide.phases.errors",
     "FlowBackbone": "hoiguide.backbones.base",
     "GuidanceOptions": "hoiguide.guidance.records",
 }
 
-__all__ = sorted(["Camera", "Mesh", "Observations", "Similarity", "SimilarityParams",
+__all__ = sorted(["Camera", "ClipObservations", "Mesh", "Observations", "Similarity", "SimilarityParams",
                   "__version__", *_LAZY])
 
 

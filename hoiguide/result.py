@@ -13,12 +13,16 @@ import torch
 from hoiguide.io import RESULT_FILE, write_json, write_mesh
 from hoiguide.types import Mesh, Similarity
 
-__all__ = ["Reconstruction", "HAND_COLOR", "OBJECT_COLOR", "RESULT_KIND"]
+__all__ = ["Reconstruction", "ClipReconstruction", "HAND_COLOR", "OBJECT_COLOR", "RESULT_KIND",
+           "CLIP_RESULT_KIND"]
 
 log = logging.getLogger(__name__)
 
 RESULT_KIND = "hoiguide.reconstruction"
 """``result.json``'s ``kind`` for a folder written by :meth:`Reconstruction.save`."""
+
+CLIP_RESULT_KIND = "hoiguide.clip_reconstruction"
+"""``result.json``'s ``kind`` for a folder written by :meth:`ClipReconstruction.save`."""
 
 HAND_COLOR = (0.93, 0.72, 0.60, 1.0)
 OBJECT_COLOR = (0.30, 0.55, 0.90, 1.0)
@@ -155,3 +159,116 @@ class Reconstruction:
         return (f"Reconstruction(status={self.status!r}, object={self.object_mesh!r}, "
                 f"hand={self.hand_mesh!r}, schedule={self.schedule.get('name')!r}, "
                 f"seed={self.seed}, iterations={self.counters.get('iterations')})")
+
+
+@dataclass(frozen=True, eq=False)
+class ClipReconstruction:
+    """The result of :func:`hoiguide.guided_reconstruct_video`: one object shape for the
+    whole clip, its pose in every frame, and the hand in every frame.
+
+    Attributes:
+        object_mesh_generator: the object in the generator frame (one shape for the clip;
+            empty when the generator produced no surface, see ``status``).
+        object_transforms: ``T`` generator -> image similarities, one per frame (frame
+            ``t``'s image-aligned frame, metres; the scale is shared by every frame).
+        hand_meshes: ``T`` hand meshes, each in its frame's image-aligned frame (an
+            unobserved frame's hand is interpolated from its neighbours).
+        hand_similarities: ``T`` optimised similarities applied to the observed hands.
+        times: ``(T,)`` frame times in seconds.
+        reference: the reference frame's index (the generator's condition).
+        observed: per frame, whether it had observations.
+        latent: the final latent ``(1, *latent_shape)``.
+        history, timings, schedule, seed, status, counters: as in :class:`Reconstruction`
+            (``counters`` also holds ``frame_visits``: inner-iteration evaluations per frame).
+    """
+
+    object_mesh_generator: Mesh
+    object_transforms: list
+    hand_meshes: list
+    hand_similarities: list
+    times: torch.Tensor
+    reference: int
+    observed: list
+    latent: torch.Tensor
+    history: Any
+    timings: dict[str, Any]
+    schedule: dict[str, Any]
+    seed: int
+    status: str
+    counters: dict[str, Any]
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.object_transforms)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def object_mesh(self, frame: Optional[int] = None) -> Mesh:
+        """The object placed in frame ``frame``'s image-aligned frame (default: the
+        reference frame), metres."""
+        t = self.reference if frame is None else int(frame)
+        if not -self.num_frames <= t < self.num_frames:
+            raise IndexError(f"frame {t} out of range for a clip of {self.num_frames} frames")
+        if self.object_mesh_generator.is_empty:
+            return self.object_mesh_generator
+        return self.object_mesh_generator.transformed(self.object_transforms[t])
+
+    @property
+    def object_meshes(self) -> list:
+        """The object placed in every frame (image-aligned frames, metres)."""
+        return [self.object_mesh(t) for t in range(self.num_frames)]
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-serialisable summary (what ``result.json`` holds; poses per frame)."""
+        return {
+            "status": self.status,
+            "seed": self.seed,
+            "num_frames": self.num_frames,
+            "reference": self.reference,
+            "schedule": {k: v for k, v in self.schedule.items() if k != "definition"},
+            "schedule_definition": self.schedule.get("definition"),
+            "counters": dict(self.counters),
+            "timings": self.timings,
+            "object_mesh_generator": {"vertices": self.object_mesh_generator.num_vertices,
+                                      "faces": self.object_mesh_generator.num_faces},
+            "frames": [{"index": t, "time": float(self.times[t]),
+                        "observed": bool(self.observed[t]),
+                        "object_transform": self.object_transforms[t].to_dict(),
+                        "hand_similarity": self.hand_similarities[t].to_dict()}
+                       for t in range(self.num_frames)],
+            "frame": "per frame: that frame's image-aligned OpenCV camera frame (+x right, "
+                     "+y down, +z forward), metres; object_transform maps the generator "
+                     "frame into it",
+        }
+
+    def save(self, directory: Union[str, Path]) -> Path:
+        """Write ``object.glb``/``object.ply`` (the object in the REFERENCE frame's
+        image-aligned frame), ``object_generator.ply`` (generator frame),
+        ``hands/hand_<t>.ply`` (each frame's hand, its own frame), ``scene.glb`` (reference
+        frame: hand and object), ``history.json`` and ``result.json`` (:meth:`summary`)
+        into ``directory`` (created). Returns the directory."""
+        out = Path(directory)
+        (out / "hands").mkdir(parents=True, exist_ok=True)
+        ref = Reconstruction(
+            object_mesh=self.object_mesh(), hand_mesh=self.hand_meshes[self.reference],
+            object_similarity=Similarity.identity(),
+            hand_similarity=self.hand_similarities[self.reference],
+            gen_to_image=self.object_transforms[self.reference], latent=self.latent,
+            history=self.history, timings=self.timings, schedule=self.schedule,
+            seed=self.seed, status=self.status, counters=dict(self.counters),
+            object_mesh_generator=self.object_mesh_generator)
+        ref.write_meshes(out, suffixes=("glb", "ply"))
+        if not self.object_mesh_generator.is_empty:
+            write_mesh(out / "object_generator.ply", self.object_mesh_generator, OBJECT_COLOR)
+        width = max(3, len(str(self.num_frames - 1)))
+        for t, mesh in enumerate(self.hand_meshes):
+            write_mesh(out / "hands" / f"hand_{t:0{width}d}.ply", mesh, HAND_COLOR)
+        write_json(out / RESULT_FILE, {"kind": CLIP_RESULT_KIND, **self.summary()}, indent=2)
+        return out
+
+    def __repr__(self) -> str:
+        return (f"ClipReconstruction(status={self.status!r}, frames={self.num_frames}, "
+                f"object={self.object_mesh_generator!r}, "
+                f"schedule={self.schedule.get('name')!r}, seed={self.seed})")

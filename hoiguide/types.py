@@ -32,7 +32,8 @@ from hoiguide.rotations import (
     rotation_angle,
 )
 
-__all__ = ["Camera", "Similarity", "SimilarityParams", "Mesh", "ArrayLike"]
+__all__ = ["Camera", "Similarity", "SimilarityParams", "Mesh", "ArrayLike", "Observations",
+           "ClipObservations"]
 
 log = logging.getLogger(__name__)
 
@@ -766,3 +767,109 @@ class Observations:
             set_(k, t)
         if not bool(self.mask_object.any()):
             raise ValueError("Observations.mask_object is empty: no object pixels to guide by")
+
+
+# --------------------------------------------------------------------------------------
+# Clips
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class ClipObservations:
+    """``T`` frames of ONE rigid object held by one hand: what clip guidance consumes.
+
+    Each usable frame is an :class:`Observations` in that frame's image-aligned frame (the
+    OpenCV camera frame, metres; a static camera makes it the same 3D frame in every frame,
+    only the crop intrinsics may differ). The object is rigid: one shape and one scale over
+    the clip; its pose per frame starts at that frame's ``gen_to_image`` (e.g. per-frame ICP
+    of the generator's sample, or the grasp carried along with the hand). The hand
+    articulates: each frame has its own ``hand_mesh`` (the same vertex count in every frame,
+    e.g. MANO's 778, for the temporal terms to apply).
+
+    Build one from your own data by making one :class:`Observations` per frame (see its
+    docstring) and passing them with their times; a frame where neither a usable object
+    mask nor a hand was observed is ``None`` (its poses are interpolated from its
+    neighbours).
+
+    Attributes:
+        frames: ``T`` per-frame :class:`Observations` or ``None``.
+        times: ``(T,)`` float64 frame times in seconds, strictly increasing (default
+            ``0, 1/fps, 2/fps, ...`` with ``fps=30``).
+        reference: index of the reference frame: the generator's condition, the frame the
+            single-image baseline uses and the frame the object mesh is reported in
+            (default: the frame with the most visible object pixels).
+        metadata: free-form provenance (clip id, frame indices in the source video, ...).
+    """
+
+    frames: tuple
+    times: torch.Tensor | None = None
+    reference: int | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        frames = tuple(self.frames) if not isinstance(self.frames, (str, bytes)) else None
+        if frames is None or not frames:
+            raise ValueError("ClipObservations.frames: expected a non-empty sequence of "
+                             "hoiguide.Observations (None for unusable frames)")
+        for i, f in enumerate(frames):
+            if f is not None and not isinstance(f, Observations):
+                raise TypeError(f"ClipObservations.frames[{i}]: expected hoiguide.Observations "
+                                f"or None, got {type(f).__name__}")
+        valid = [i for i, f in enumerate(frames) if f is not None]
+        if not valid:
+            raise ValueError("ClipObservations: no frame has observations (every frame is None)")
+        object.__setattr__(self, "frames", frames)
+        T = len(frames)
+        times = self.times
+        if times is None:
+            times = torch.arange(T, dtype=torch.float64) / 30.0
+        t = torch.as_tensor(np.asarray(times) if not isinstance(times, torch.Tensor) else times)
+        t = t.detach().to(torch.float64).reshape(-1)
+        if t.shape[0] != T:
+            raise ValueError(f"ClipObservations.times: expected {T} values (one per frame), "
+                             f"got {t.shape[0]}")
+        if not bool(torch.isfinite(t).all()) or (T > 1 and not bool((t[1:] > t[:-1]).all())):
+            raise ValueError("ClipObservations.times: expected finite, strictly increasing "
+                             "frame times in seconds")
+        object.__setattr__(self, "times", t)
+        ref = self.reference
+        if ref is None:
+            ref = max(valid, key=lambda i: (int(frames[i].mask_object.sum()), -i))
+        if isinstance(ref, bool) or not isinstance(ref, (int, np.integer)) or \
+                not 0 <= int(ref) < T:
+            raise ValueError(f"ClipObservations.reference: expected a frame index in "
+                             f"[0, {T - 1}], got {ref!r}")
+        if frames[int(ref)] is None:
+            raise ValueError(f"ClipObservations.reference: frame {int(ref)} has no "
+                             "observations; choose an observed frame")
+        object.__setattr__(self, "reference", int(ref))
+
+    @property
+    def num_frames(self) -> int:
+        """``T``, observed or not."""
+        return len(self.frames)
+
+    @property
+    def observed(self) -> list[int]:
+        """Indices of the frames that have observations."""
+        return [i for i, f in enumerate(self.frames) if f is not None]
+
+    @property
+    def reference_observations(self) -> Observations:
+        """The reference frame's :class:`Observations` (what a single-image run would use)."""
+        return self.frames[self.reference]
+
+    @classmethod
+    def from_frames(cls, frames: Sequence[Observations | None], fps: float = 30.0,
+                    reference: int | None = None, **metadata: Any) -> "ClipObservations":
+        """A clip of ``frames`` taken at ``fps`` frames per second (times ``i / fps``)."""
+        if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
+            raise ValueError(f"ClipObservations.from_frames: fps must be a positive number, "
+                             f"got {fps!r}")
+        frames = tuple(frames)
+        return cls(frames, torch.arange(len(frames), dtype=torch.float64) / float(fps),
+                   reference, dict(metadata))
+
+    def __repr__(self) -> str:
+        return (f"ClipObservations(T={self.num_frames}, observed={len(self.observed)}, "
+                f"reference={self.reference})")
