@@ -53,10 +53,10 @@ def test_from_frames_uses_fps(obs):
 
 def test_clip_reconstruction_places_and_saves(tmp_path):
     scene = make_scene(size=32)
-    mesh_gen = scene.object_true.transformed(scene.gen_to_image.inverse())
+    mesh_gen = scene.object_true.transformed(scene.gen_to_image_true.inverse())
     shift = Similarity(torch.tensor(1.0, dtype=torch.float64), torch.eye(3, dtype=torch.float64),
                        torch.tensor([0.01, 0.0, 0.0], dtype=torch.float64))
-    transforms = [scene.gen_to_image, shift.compose(scene.gen_to_image)]
+    transforms = [scene.gen_to_image_true, shift.compose(scene.gen_to_image_true)]
     rec = ClipReconstruction(
         object_mesh_generator=mesh_gen, object_transforms=transforms,
         hand_meshes=[scene.hand_true, scene.hand_true],
