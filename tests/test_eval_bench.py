@@ -20,7 +20,7 @@ import torch
 
 from hoiguide.testing import GaussianGridBackbone, make_scene
 from hoiguide.eval import hand_aligned_metrics
-from hoiguide.apps.bench import (BenchmarkError, format_table, run_benchmark, scene_seed,
+from hoiguide.apps.bench import (BenchmarkError, format_budget, format_table, run_benchmark, scene_seed,
                                  summarize)
 from hoiguide.phases import ScheduleError
 from hoiguide.synth.scene import Scene, write_manifest
@@ -172,7 +172,11 @@ def test_layout_failures_and_rr(main_run):
             assert r["status"] == "ok" and r["reason"] is None, r
             assert set(r["metrics"]) == {"cd_cm2", "f5", "f10", "iv_cm3", "hidden_cd_cm2",
                                          "hidden_f10", "hidden_fraction", "components",
-                                         "components_raw"}
+                                         "components_raw", "shape_cd_cm2",
+                                         "placement_scale_pct", "placement_rotation_deg",
+                                         "placement_translation_cm"}
+            # the error budget: the shape error cannot exceed the hand-aligned total
+            assert r["metrics"]["shape_cd_cm2"] <= r["metrics"]["cd_cm2"] + 1e-9
             assert 0 <= r["metrics"]["f5"] <= r["metrics"]["f10"] <= 1
             # hidden side: part of the true surface is out of view; the mesh has parts
             m = r["metrics"]
@@ -216,7 +220,8 @@ def test_markdown_and_format_table_match_summary(main_run):
     summary = main_run.summary
     md = (main_run.out / "summary.md").read_text()
     for name in ("unguided", "t"):
-        assert len(re.findall(rf"^\| {name} \|", md, flags=re.M)) == 2  # mean + median
+        # mean, median and the error budget
+        assert len(re.findall(rf"^\| {name} \|", md, flags=re.M)) == 3
     assert ("| preset | CD (cm^2) ↓ | F5 ↑ | F10 ↑ | IV (cm^3) ↓ | hidden CD (cm^2) ↓ | "
             "parts ↓ | RR ↑ | s/scene |") in md
     assert "## Median over scenes" in md and "s1 (observe)" in md
@@ -234,6 +239,14 @@ def test_markdown_and_format_table_match_summary(main_run):
                 assert abs(float(cell) - s[key][stat]) <= 0.5 * 10 ** -digits + 1e-12
             assert cells[6] == "0.67 (2/3)"
             assert abs(float(cells[7]) - s["seconds"][stat]) <= 0.005 + 1e-12
+    budget = parse_table(format_budget(summary))
+    assert list(budget) == ["unguided", "t"] and format_budget(summary) in md
+    for name, cells in budget.items():
+        s = summary["presets"][name]
+        for cell, key in zip(cells, ("cd_cm2", "shape_cd_cm2", "placement_scale_pct",
+                                     "placement_rotation_deg", "placement_translation_cm")):
+            assert abs(float(cell) - s[key]["median"]) <= 0.05 + 1e-12
+        assert float(cells[1]) <= float(cells[0]) + 1e-3   # shape <= total
     with pytest.raises(ValueError, match="stat"):
         format_table(summary, stat="max")
     with pytest.raises(ValueError, match="presets"):

@@ -171,3 +171,28 @@ def test_hidden_metrics_separate_the_visible_fit_from_completion():
     assert part["hidden_f10"] < 0.8
     with pytest.raises(ValueError, match="both"):
         hand_aligned_metrics(hand, obj, hand, obj, camera=cam)
+
+
+def test_object_aligned_metrics_splits_shape_from_placement():
+    """A true object moved by a known similarity: the budget recovers the motion as placement
+    (size, rotation, translation) and leaves no shape error; a changed shape keeps one."""
+    from hoiguide.eval.protocol import object_aligned_metrics
+    from hoiguide.testing import make_scene, similarity_about
+
+    gt = make_scene(size=32).object_true.to(dtype=torch.float64)
+    T = similarity_about(gt.vertices.mean(0), scale=1.1, axis=(0, 1, 0), angle_deg=10.0)
+    moved = gt.transformed(T)
+    moved = moved.with_vertices(moved.vertices + torch.tensor([0.005, 0.0, 0.0],
+                                                              dtype=torch.float64))
+    m = object_aligned_metrics(moved, gt, num_samples=4000)
+    assert m["cd_cm2"] > 0.1
+    assert m["shape_cd_cm2"] < 1e-3 * m["cd_cm2"]
+    assert m["placement_scale_pct"] == pytest.approx(100 * (1 - 1 / 1.1), abs=0.2)
+    assert m["placement_rotation_deg"] == pytest.approx(10.0, abs=0.3)
+    assert m["placement_translation_cm"] == pytest.approx(0.5, abs=0.05)
+    # a different shape (stretched along one axis) keeps a shape error
+    c = gt.vertices.mean(0)
+    stretched = gt.with_vertices((gt.vertices - c) * torch.tensor([1.6, 1.0, 1.0],
+                                                                  dtype=torch.float64) + c)
+    s = object_aligned_metrics(stretched, gt, num_samples=4000)
+    assert s["shape_cd_cm2"] > 0.01 and s["shape_cd_cm2"] <= s["cd_cm2"]

@@ -47,9 +47,10 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 __all__ = ["run_benchmark", "summarize", "format_table", "scene_seed", "resolve_scenes",
            "resolve_presets", "BenchmarkError",
-           "METRICS"]
+           "METRICS", "BUDGET", "format_budget"]
 
 from hoiguide.apps.score import (
+    BUDGET,
     METRICS,
     finite,
     format_number,
@@ -450,7 +451,7 @@ def _preset_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
     ok = [r for r in results if r.get("status") == "ok" and r.get("metrics")]
     n = len(results)
     summary: dict[str, Any] = {}
-    for key, _, _ in METRICS:
+    for key, _, _ in METRICS + BUDGET:
         summary[key] = stats(finite(r["metrics"].get(key)) for r in ok)
     summary["rr"] = (len(ok) / n) if n else None
     summary["seconds"] = stats(finite((r.get("seconds") or {}).get("reconstruct"))
@@ -559,6 +560,22 @@ def format_table(summary: Mapping[str, Any], *, stat: str = "mean") -> str:
     return "\n".join(lines) + "\n"
 
 
+def format_budget(summary: Mapping[str, Any], *, stat: str = "median") -> str:
+    """The error budget as a Markdown table, a row per preset:
+    ``| preset | CD (cm^2) | shape CD (cm^2) | size err (%) | rotation err (°) |
+    translation err (cm) |`` (``stat`` over the reconstructed scenes)."""
+    if stat not in _STATS:
+        raise ValueError(f"format_budget: expected stat in {_STATS}, got {stat!r}")
+    cols = (METRICS[0],) + BUDGET
+    head = ["preset"] + [h for _, h, _ in cols]
+    lines = ["| " + " | ".join(head) + " |",
+             "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    for name, s in (summary.get("presets") or {}).items():
+        cells = [str(name)] + [format_number((s.get(k) or {}).get(stat), d) for k, _, d in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _markdown(summary: Mapping[str, Any]) -> str:
     run = summary.get("run") or {}
     scenes = ", ".join(run.get("scenes") or []) or "?"
@@ -587,7 +604,12 @@ def _markdown(summary: Mapping[str, Any]) -> str:
         lines.append(f"- **warning**: {trained} scene(s) show objects the backbone was trained "
                      f"on: these numbers do not measure unseen objects")
     lines += ["", "## Mean over scenes", "", format_table(summary, stat="mean"),
-              "## Median over scenes", "", format_table(summary, stat="median")]
+              "## Median over scenes", "", format_table(summary, stat="median"),
+              "## Error budget (median over scenes)", "",
+              "The hand-aligned object aligned once more to the true object by a similarity "
+              "(trimmed ICP with scale): shape CD is what remains after it (the prior's shape), "
+              "the errors are that similarity's (the placement).", "",
+              format_budget(summary, stat="median")]
     fails = [(name, f) for name, s in (summary.get("presets") or {}).items()
              for f in s.get("failures", [])]
     if fails:

@@ -15,6 +15,7 @@ _EXPORTS = {
     'hand_aligned_metrics': 'protocol',
     'hand_alignment': 'protocol',
     'hidden_surface_mask': 'protocol',
+    'object_aligned_metrics': 'protocol',
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -32,8 +32,9 @@ from hoiguide.guidance.records import (
 )
 from hoiguide.guidance.sampler import decode_grid
 from hoiguide.guidance.targets import RenderTargets, prepare_targets
-from hoiguide.losses import LOSSES, LossContext
+from hoiguide.losses import LOSSES, LossContext, evaluate_terms
 from hoiguide.phases import PhaseSchedule
+from hoiguide.render import render
 from hoiguide.types import Mesh, Observations, SimilarityParams
 
 __all__ = ["RunContext", "StopGuidance", "ProgressBars"]
@@ -196,6 +197,37 @@ class RunContext:
             return None
         with self.timings.part("isosurface"):
             return extract_isosurface(grid.to(self.dtype), self.backbone.bounds)
+
+    # ---- what the inner loop optimises and evaluates (hooks a clip context overrides) -------
+    def similarity_groups(self) -> dict[str, Any]:
+        """The similarity parameter groups by schedule name (``"hand.scale"``, ...,
+        ``"object.translation"``): one tensor per group here; a multi-frame context
+        (:mod:`hoiguide.guidance.clip`) gives a list of tensors per group."""
+        out: dict[str, Any] = {}
+        for who, sim in (("hand", self.hand), ("object", self.object)):
+            for gname, p in sim.param_groups().items():
+                out[f"{who}.{gname}"] = p
+        return out
+
+    def evaluate(self, terms: Sequence[Any], mesh_gen: Mesh, phase: str, step: Optional[int],
+                 it: int, need_render: bool, need_amodal: bool
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], Mesh]:
+        """One inner iteration's losses: the object (``mesh_gen`` placed) and the hand
+        rendered together when a term needs a render, then the weighted ``terms``. Returns
+        ``(total, values by label, the placed object mesh)``."""
+        obj = self.place_object(mesh_gen)
+        hand = self.hand_mesh()
+        rend = None
+        if need_render:
+            with self.timings.part("render"):
+                rend = render([hand, obj], self.targets.camera, backend="auto",
+                              edge_sigma=self.options.edge_sigma, amodal=need_amodal)
+        loss_ctx = self.loss_context(rend, hand, None if obj.is_empty else obj,
+                                     keypoints=self.hand_keypoints_placed(), phase=phase,
+                                     step=step)
+        with self.timings.part("losses"):
+            total, values = evaluate_terms(terms, loss_ctx)
+        return total, values, obj
 
     # ---- losses --------------------------------------------------------------------------
     def loss_context(self, render: Any, hand: Any, obj: Any, *, keypoints: Any,

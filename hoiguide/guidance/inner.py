@@ -25,8 +25,7 @@ import torch
 from hoiguide.guidance.context import RunContext
 from hoiguide.guidance.flow import predict_clean
 from hoiguide.guidance.records import HistoryRecord
-from hoiguide.losses import evaluate_terms, required_fields
-from hoiguide.render import render
+from hoiguide.losses import required_fields
 from hoiguide.types import Mesh
 
 __all__ = ["InnerResult", "optimise_phase"]
@@ -60,30 +59,24 @@ def _parameters(ctx: RunContext, groups: Sequence[str], x: torch.Tensor,
     if "latent" in groups:
         x_opt = x_opt.clone().requires_grad_(True)
         params["latent"] = x_opt
-    for who, sim in (("hand", ctx.hand), ("object", ctx.object)):
-        for gname, p in sim.param_groups().items():
-            key = f"{who}.{gname}"
-            p.requires_grad_(key in groups)
-            if key in groups:
-                params[key] = p
+    for key, p in ctx.similarity_groups().items():
+        for tensor in _tensors(p):
+            tensor.requires_grad_(key in groups)
+        if key in groups:
+            params[key] = p
     return x_opt, v_opt, params
 
 
-def _values(p: Any) -> torch.Tensor:
-    """The tensor a parameter group optimises (one tensor per group)."""
-    if isinstance(p, torch.Tensor):
-        return p
-    ps = list(p)
-    if len(ps) != 1:
-        raise ValueError(f"keep_best: expected one tensor per parameter group, got {len(ps)}")
-    return ps[0]
+def _tensors(p: Any) -> list[torch.Tensor]:
+    """The tensors of a parameter group (one tensor, or a list of them per frame)."""
+    return [p] if isinstance(p, torch.Tensor) else list(p)
 
 
 def _freeze(ctx: RunContext) -> None:
-    for sim in (ctx.hand, ctx.object):
-        for p in sim.parameters():
-            p.requires_grad_(False)
-            p.grad = None
+    for p in ctx.similarity_groups().values():
+        for tensor in _tensors(p):
+            tensor.requires_grad_(False)
+            tensor.grad = None
 
 
 def optimise_phase(ctx: RunContext, phase: Any, terms: Sequence[Any], step: Optional[int],
@@ -145,18 +138,8 @@ def optimise_phase(ctx: RunContext, phase: Any, terms: Sequence[Any], step: Opti
                             "after sampling" if step is None else f"step {step}", it)
             ctx.skipped(step, phase.name, it, "empty_surface")
             continue
-        obj = ctx.place_object(mesh_gen)
-        hand = ctx.hand_mesh()
-        rend = None
-        if need_render:
-            with ctx.timings.part("render"):
-                rend = render([hand, obj], ctx.targets.camera, backend="auto",
-                              edge_sigma=ctx.options.edge_sigma, amodal=need_amodal)
-        loss_ctx = ctx.loss_context(rend, hand, None if obj.is_empty else obj,
-                                    keypoints=ctx.hand_keypoints_placed(), phase=phase.name,
-                                    step=step)
-        with ctx.timings.part("losses"):
-            total, values = evaluate_terms(terms, loss_ctx)
+        total, values, obj = ctx.evaluate(terms, mesh_gen, phase.name, step, it, need_render,
+                                          need_amodal)
         vals = {k: float(val.detach()) for k, val in values.items()}
         bad = [k for k, val in vals.items() if not math.isfinite(val)]
         if bad or not math.isfinite(float(total.detach())):
@@ -167,7 +150,8 @@ def optimise_phase(ctx: RunContext, phase: Any, terms: Sequence[Any], step: Opti
             continue
         tot = float(total.detach())
         if phase.keep_best and (best is None or tot < best[0]):
-            best = (tot, {k: _values(p).clone() for k, p in params.items()}, obj, vals)
+            best = (tot, {k: [t.clone() for t in _tensors(p)] for k, p in params.items()},
+                    obj, vals)
         if total.requires_grad:
             with ctx.timings.part("backward"):
                 total.backward()
@@ -190,7 +174,8 @@ def optimise_phase(ctx: RunContext, phase: Any, terms: Sequence[Any], step: Opti
     if best is not None:  # the best evaluated iterate (the last step's result is unevaluated)
         with torch.no_grad():
             for k, p in params.items():
-                _values(p).copy_(best[1][k])
+                for tensor, value in zip(_tensors(p), best[1][k]):
+                    tensor.copy_(value)
         last_obj, last_vals = best[2], best[3]
         ctx.counters["kept_best"] = ctx.counters.get("kept_best", 0) + 1
         log.debug("phase %r: kept the best iterate (loss %.4g; last evaluated %.4g)",
