@@ -164,7 +164,8 @@ class RunContext:
         return cls(
             backbone=backbone, schedule=schedule, options=options, convention=convention,
             grid_resolution=grid_resolution, dtype=dtype, device=device, observations=obs,
-            targets=prepare_targets(obs, options.render_size, dtype, device),
+            targets=prepare_targets(obs, options.render_size, dtype, device,
+                                    options.edge_sigma),
             hand_vertices=hand_v, hand_faces=obs.hand_mesh.faces.to(device),
             hand_keypoints=None if obs.hand_keypoints_3d is None
             else obs.hand_keypoints_3d.to(device, dtype),
@@ -243,7 +244,8 @@ class RunContext:
             target_valid=t.target_valid, mask_hand=t.mask_hand, mask_object=t.mask_object,
             mask_object_amodal=t.mask_object_amodal, mask_union=t.mask_union,
             hand_keypoints_3d=keypoints, keypoints_2d=t.keypoints_2d,
-            keypoint_confidence=t.keypoint_confidence, hand_translation=ht,
+            keypoint_confidence=t.keypoint_confidence, soft_masks=t.soft_masks,
+            hand_translation=ht,
             object_translation=ot, phase=phase, step=step)
 
     def active_terms(self, phase: Any, terms: Sequence[Any]) -> list[Any]:

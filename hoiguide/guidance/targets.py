@@ -8,6 +8,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
+from hoiguide.render.portable import soft_mask
 from hoiguide.types import Camera, Observations
 
 __all__ = ["RenderTargets", "prepare_targets"]
@@ -28,6 +29,7 @@ class RenderTargets:
     target_valid: Optional[torch.Tensor]
     keypoints_2d: Optional[torch.Tensor]
     keypoint_confidence: Optional[torch.Tensor]
+    soft_masks: Optional[dict[str, torch.Tensor]] = None
 
 
 def _resample(x: Optional[torch.Tensor], hw: tuple[int, int], mode: str, dtype: torch.dtype,
@@ -48,10 +50,13 @@ def _resample(x: Optional[torch.Tensor], hw: tuple[int, int], mode: str, dtype: 
 
 
 def prepare_targets(obs: Observations, size: Any, dtype: torch.dtype,
-                    device: torch.device) -> RenderTargets:
+                    device: torch.device, edge_sigma: float = 1.0) -> RenderTargets:
     """``obs``'s masks, maps and keypoints at the render ``size`` (``None``: the camera's;
     an int: square; or ``(H, W)``): masks resampled by area (soft at their edges), maps by
-    nearest neighbour (normals renormalised), keypoints scaled to the new pixels."""
+    nearest neighbour (normals renormalised), keypoints scaled to the new pixels.
+    ``soft_masks`` holds each mask as the renderer would draw its outline with
+    ``edge_sigma`` (:func:`hoiguide.render.soft_mask`; the silhouette terms'
+    ``target: soft``)."""
     cam = obs.camera
     if size is not None:
         H, W = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
@@ -79,4 +84,13 @@ def prepare_targets(obs: Observations, size: Any, dtype: torch.dtype,
         target_normals=normals,
         target_disparity=_resample(obs.target_disparity, hw, "nearest", dtype, device),
         target_valid=_resample(obs.target_valid, hw, "nearest", dtype, device),
-        keypoints_2d=kp, keypoint_confidence=conf)
+        keypoints_2d=kp, keypoint_confidence=conf,
+        soft_masks={name: soft_mask(m, hw, edge_sigma, unknown).to(device=device, dtype=dtype)
+                    for name, m, unknown in (
+                        ("mask_hand", obs.mask_hand, None),
+                        # the hand hides part of the object: an occlusion boundary is not
+                        # the object's outline (the term ignores the hand's pixels)
+                        ("mask_object", obs.mask_object, obs.mask_hand),
+                        ("mask_union", obs.mask_union, None),
+                        ("mask_object_amodal", obs.mask_object_amodal, None))
+                    if m is not None})

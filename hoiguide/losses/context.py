@@ -54,6 +54,9 @@ class LossContext:
         hand_keypoints_3d: ``(21, 3)`` hand keypoints in the image frame (metres).
         keypoints_2d: ``(21, 2)`` detected keypoints in pixels; ``keypoint_confidence``
             optional ``(21,)`` in ``[0, 1]``.
+        soft_masks: the masks above as the renderer would draw their outlines (``{field
+            name: (H, W) float}``, :func:`hoiguide.render.soft_mask`): the targets of the
+            silhouette terms with ``target: soft``.
         hand_translation, object_translation: ``(3,)`` translation parameters of the hand and
             object similarities (metres), for the translation regulariser.
         phase, step: where the engine is, used in error messages only.
@@ -73,6 +76,7 @@ class LossContext:
     hand_keypoints_3d: Optional[torch.Tensor] = None
     keypoints_2d: Optional[torch.Tensor] = None
     keypoint_confidence: Optional[torch.Tensor] = None
+    soft_masks: Optional[dict[str, torch.Tensor]] = None
     hand_translation: Optional[torch.Tensor] = None
     object_translation: Optional[torch.Tensor] = None
     phase: Optional[str] = None

@@ -559,10 +559,17 @@ def _disparity_term(ctx: LossContext, mask: str, normalization: str) -> torch.Te
     return disparity_loss(d, td, w, normalization)
 
 
-def _silhouette_inputs(ctx: LossContext, which: str, ignore_hand: bool, what: str
+def _silhouette_inputs(ctx: LossContext, which: str, ignore_hand: bool, what: str,
+                       soft: bool = False
                        ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     r = ctx.render
     target = getattr(ctx, _mask_field(which))
+    if soft:
+        target = (ctx.soft_masks or {}).get(_mask_field(which))
+        if target is None:
+            raise ValueError(f"{what}: target: soft needs the soft masks of the observations "
+                             f"(LossContext.soft_masks[{_mask_field(which)!r}]; the guidance "
+                             "engine provides them)")
     _check_render_size(ctx, what, target, _mask_field(which))
     if which == "union":
         return r.coverage, target, None
@@ -597,14 +604,19 @@ _SIL_OPTIONS = {
                         "amodal mask; union: coverage vs union mask"),
     "ignore_hand": Option(True, doc="which=object: ignore hand-mask pixels (false reproduces "
                                     "the reference's defect)"),
+    "target": Option("hard", choices=("hard", "soft"),
+                     doc="hard: the mask (the reference); soft: the mask's outline drawn with "
+                         "the renderer's soft edge, so the loss is stationary at a perfect fit"),
 }
 
 
 @register_loss("silhouette", needs=_silhouette_needs, options=_SIL_OPTIONS)
-def _silhouette_term(ctx: LossContext, which: str, ignore_hand: bool) -> torch.Tensor:
+def _silhouette_term(ctx: LossContext, which: str, ignore_hand: bool,
+                     target: str) -> torch.Tensor:
     """BCE of the rendered soft silhouette against a mask (see module docstring)."""
     what = f"silhouette(which={which})"
-    pred, target, weight = _silhouette_inputs(ctx, which, ignore_hand, what)
+    pred, target, weight = _silhouette_inputs(ctx, which, ignore_hand, what,
+                                              soft=target == "soft")
     return silhouette_loss(pred, target.to(pred), weight)
 
 

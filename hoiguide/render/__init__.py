@@ -8,6 +8,7 @@ _EXPORTS = {
     'render': 'renderer',
     'RenderOutput': 'renderer',
     'available_backends': 'renderer',
+    'soft_mask': 'portable',
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -44,7 +44,7 @@ from hoiguide.types import Camera
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NEAR_Z", "BAND_SIGMAS", "SUBSEGMENT_PX", "soft_edge", "render_portable"]
+__all__ = ["NEAR_Z", "BAND_SIGMAS", "SUBSEGMENT_PX", "soft_edge", "soft_mask", "render_portable"]
 
 NEAR_Z = 1.0e-4
 """Near plane in metres. Faces are seen only where ``z > NEAR_Z`` (a face crossing
@@ -403,6 +403,60 @@ def soft_edge(signed_dist: torch.Tensor, sigma: float) -> torch.Tensor:
     """
     a = 1.0 / (1.0 + math.exp(BAND_SIGMAS))  # sigmoid(-BAND_SIGMAS)
     return ((torch.sigmoid(signed_dist / sigma) - a) / (1.0 - 2.0 * a)).clamp(0.0, 1.0)
+
+
+def soft_mask(mask: torch.Tensor, size: tuple[int, int], sigma: float,
+              unknown: torch.Tensor | None = None) -> torch.Tensor:
+    """The soft silhouette this renderer draws for a shape whose hard silhouette is ``mask``.
+
+    The signed distance of every pixel centre to the mask's outline (positive inside; the
+    outline runs half-way between an inside and an outside pixel centre) is measured on
+    ``mask``'s own pixel grid, scaled to the pixels of an ``(H, W) = size`` image of the same
+    view, sampled at that image's pixel centres (bilinear) and passed through
+    :func:`soft_edge`. A silhouette loss against this target is stationary when the render
+    matches the shape (a BCE against the hard mask is not: it pulls on every outline pixel).
+
+    Args:
+        mask: ``(H0, W0)`` bool, or float thresholded at 0.5.
+        size: ``(H, W)`` of the rendered images (the same view, resized).
+        sigma: the renderer's ``edge_sigma`` in pixels of ``size``.
+        unknown: optional ``(H0, W0)`` bool pixels where the shape may or may not be (e.g.
+            the hand in front of the object): they do not end the shape, so an occlusion
+            boundary is not an outline (inside distances run through them).
+
+    Returns:
+        ``(H, W)`` float in ``[0, 1]`` (``mask``'s float dtype, float32 for bool).
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    if not isinstance(mask, torch.Tensor) or mask.ndim != 2:
+        raise ValueError(f"soft_mask: expected an (H, W) tensor, got "
+                         f"{tuple(getattr(mask, 'shape', ())) or type(mask).__name__}")
+    dtype = mask.dtype if mask.is_floating_point() else torch.float32
+    hard = (mask > 0.5 if mask.is_floating_point() else mask.bool()).cpu().numpy()
+    H, W = int(size[0]), int(size[1])
+    H0, W0 = hard.shape
+    if hard.all() or not hard.any():   # no outline: the hard mask is its own soft mask
+        full = torch.full((H0, W0), float(hard.all()), dtype=dtype)
+        out = full if (H, W) == (H0, W0) else torch.full((H, W), float(hard.all()), dtype=dtype)
+        return out.to(mask.device)
+    through = hard
+    if unknown is not None:
+        if tuple(unknown.shape) != (H0, W0):
+            raise ValueError(f"soft_mask: unknown must have the mask's shape {(H0, W0)}, got "
+                             f"{tuple(unknown.shape)}")
+        unk = (unknown > 0.5 if unknown.is_floating_point() else unknown.bool()).cpu().numpy()
+        through = hard | unk
+        if through.all():
+            through = hard
+    inside = distance_transform_edt(through) - 0.5
+    outside = distance_transform_edt(~hard) - 0.5
+    sd = torch.from_numpy(inside - outside).to(torch.float64)   # pixels of the mask's grid
+    if (H, W) != (H0, W0):
+        scale = 0.5 * (H / H0 + W / W0)
+        sd = torch.nn.functional.interpolate(sd[None, None], size=(H, W), mode="bilinear",
+                                             align_corners=False)[0, 0] * scale
+    return soft_edge(sd, float(sigma)).to(device=mask.device, dtype=dtype)
 
 
 # --------------------------------------------------------------------------------------
