@@ -408,6 +408,7 @@ def _record(scene_id: str, scene_dir: Path, preset: str, s_seed: int, fingerprin
         "object_mesh": res.get("object_mesh"),
         "timings": res.get("timings"),
         "alignment": res.get("alignment"),
+        "object_alignment": res.get("object_alignment"),
         "seed": s_seed,
         "fingerprint": fingerprint,
         "config": {k: v for k, v in config.items() if k != "schedule"},
