@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 # public name -> module that defines it (imported on first use)
 _LAZY = {
     "guided_reconstruct": "hoiguide.api",
+    "guided_reconstruct_video": "hoiguide.api",
     "Reconstruction": "hoiguide.result",
     "ClipReconstruction": "hoiguide.result",
     "load_schedule": "hoiguide.phases.load",

@@ -1,5 +1,6 @@
-"""The public entry point: :func:`guided_reconstruct` (its result is
-:class:`hoiguide.Reconstruction`).
+"""The public entry points: :func:`guided_reconstruct` (one image; its result is
+:class:`hoiguide.Reconstruction`) and :func:`guided_reconstruct_video` (a clip; its result
+is :class:`hoiguide.ClipReconstruction`).
 
 Example (CPU; ``my_backbone`` is any :class:`hoiguide.FlowBackbone`, ``obs`` your
 :class:`hoiguide.Observations`, see its docstring for how to build them from your own data)::
@@ -13,16 +14,22 @@ Example (CPU; ``my_backbone`` is any :class:`hoiguide.FlowBackbone`, ``obs`` you
                                       options={"grid_resolution": 33, "render_size": 64})
     rec.status, rec.timings["total"]                # "ok" and seconds
     rec.save("out/")                                # object/hand .glb/.ply, scene.glb, result.json
+
+    clip = hoiguide.ClipObservations.from_frames([obs_0, obs_1, obs_2], fps=30)
+    crec = hoiguide.guided_reconstruct_video(clip, backbone=my_backbone, schedule="video_fast")
+    crec.object_mesh(1)                             # the one object, placed in frame 1
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
+from hoiguide.adapters.clip import clip_observations_from_frames, clip_to_full_frame
 from hoiguide.adapters.models import Models
 from hoiguide.adapters.pipeline import (
     PipelineOptions,
@@ -30,14 +37,17 @@ from hoiguide.adapters.pipeline import (
     observations_from_image,
     to_full_frame,
 )
+from hoiguide.guidance.clip import ClipGuidedSampler
 from hoiguide.guidance.engine import GuidedSampler
 from hoiguide.guidance.records import GuidanceOptions
 from hoiguide.io import load_image
 from hoiguide.phases import DEFAULT_SCHEDULE, load_schedule
-from hoiguide.result import Reconstruction
-from hoiguide.types import Observations
+from hoiguide.result import ClipReconstruction, Reconstruction
+from hoiguide.types import ClipObservations, Observations
+from hoiguide.videoio import read_frames
 
-__all__ = ["guided_reconstruct", "Reconstruction"]
+__all__ = ["guided_reconstruct", "guided_reconstruct_video", "Reconstruction",
+           "ClipReconstruction"]
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +121,7 @@ def guided_reconstruct(image: Any = None, *, observations: Optional[Observations
         raise TypeError("guided_reconstruct() missing 1 required argument: 'backbone' (any "
                         "hoiguide.FlowBackbone, e.g. hoiguide.backbones.tiny() or "
                         "hoiguide.backbones.HunyuanBackbone.from_pretrained(path))")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise TypeError(f"seed: expected a non-negative integer, got {seed!r}")
+    _check_seed(seed)
     sched = load_schedule(schedule)
     guidance_options = GuidanceOptions.coerce(options)
     crop = None
@@ -136,7 +145,123 @@ def guided_reconstruct(image: Any = None, *, observations: Optional[Observations
     return rec if crop is None else to_full_frame(rec, crop)
 
 
-def _check_device(device: Any, backbone: Any) -> None:
+def _check_device(device: Any, backbone: Any, fn: str = "guided_reconstruct") -> None:
     if device is not None and torch.device(device) != torch.device(backbone.device):
-        raise ValueError(f"guided_reconstruct: device={device!r} but the backbone is on "
+        raise ValueError(f"{fn}: device={device!r} but the backbone is on "
                          f"{backbone.device}; move the backbone (the engine runs on its device)")
+
+
+def _check_seed(seed: Any) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise TypeError(f"seed: expected a non-negative integer, got {seed!r}")
+
+
+_NEEDS_FRAMES = ("guided_reconstruct_video: expected frames as hoiguide.ClipObservations, a "
+                 "video file or folder of frames (path), or a sequence of images")
+
+
+def guided_reconstruct_video(frames: Any, *, backbone: Any = None,
+                             schedule: Any = "video_fast", seed: int = 0,
+                             device: Union[str, torch.device, None] = None,
+                             progress: bool = True,
+                             callbacks: Sequence[Callable[[Any], Any]] = (),
+                             options: Union[Mapping[str, Any], Any, None] = None,
+                             models: Any = None, object_name: str = "object",
+                             camera: Any = None, left_hand: Optional[bool] = None,
+                             pipeline_options: Any = None, every: int = 1,
+                             max_frames: Optional[int] = None) -> ClipReconstruction:
+    """Reconstruct ONE hand-held object (and the hand in every frame) from a clip by guided
+    rectified-flow sampling over its frames (:class:`hoiguide.guidance.clip.ClipGuidedSampler`:
+    one latent, per-frame object poses with one shared scale, per-frame hands, image terms on
+    a few frames per inner iteration plus temporal smoothness and contact consistency).
+
+    Same conventions as :func:`guided_reconstruct`; every argument is checked before any
+    model is built or loaded.
+
+    Args:
+        frames: a :class:`hoiguide.ClipObservations` (each frame's observations in its
+            image-aligned frame, metres; requires ``backbone``), OR a video file / a folder
+            of frame images (read by :func:`hoiguide.videoio.read_frames` with ``every`` and
+            ``max_frames``), OR a sequence of images (paths, PIL images or ``(H, W, 3|4)``
+            arrays of one size): those run the foundation-model chain on every frame with
+            ``models`` (:func:`hoiguide.adapters.clip.clip_observations_from_frames`, the
+            hand box tracked between frames) and the result is brought back to the video's
+            camera frame (:func:`hoiguide.adapters.clip.clip_to_full_frame`).
+        backbone: a :class:`hoiguide.FlowBackbone`; required with ClipObservations; with
+            frames it replaces the models' generator.
+        schedule: a preset (``"video_fast"``, the default, or ``"video"``), a YAML path, a
+            mapping or a :class:`hoiguide.phases.PhaseSchedule`; its ``clip:`` block sets the
+            frames per inner iteration, the condition and the temporal weights.
+        seed: initial-noise seed (and the order frames are visited in): same seed, machine
+            and thread count give a bit-identical result on CPU.
+        device: must be the backbone's device when given.
+        progress: progress bars over frames (the chain), flow steps and inner iterations.
+        callbacks: ``callback(state: hoiguide.guidance.StepState)`` (reference frame) before
+            each flow update.
+        options: :class:`hoiguide.guidance.GuidanceOptions` or a mapping of its fields.
+        models, object_name, camera, left_hand, pipeline_options: (frames only) as
+            :func:`guided_reconstruct`; ``camera`` holds for every frame.
+        every, max_frames: (a path only) keep every ``every``-th frame, at most
+            ``max_frames`` of them (evenly spread).
+
+    Returns:
+        :class:`hoiguide.ClipReconstruction` (per frame: that frame's image-aligned frame,
+        or the video's camera frame for frames; metres).
+
+    Raises:
+        TypeError: ``frames`` of another type; ClipObservations without ``backbone``; an
+            argument of the wrong type.
+        ValueError: ``device`` differs from the backbone's; an empty sequence of frames.
+        hoiguide.videoio.VideoError, FileNotFoundError: the video cannot be read.
+        hoiguide.adapters.PipelineError: (frames) no frame shows a hand, or the chain
+            failed on every frame.
+        hoiguide.adapters.ModelLoadError: (frames) a model cannot be built.
+        hoiguide.ScheduleError: an invalid schedule.
+        hoiguide.guidance.NonFiniteLossError: a NaN/inf loss with ``on_nonfinite: raise``.
+    """
+    if isinstance(frames, Observations):
+        raise TypeError("guided_reconstruct_video: got one hoiguide.Observations; use "
+                        "hoiguide.guided_reconstruct for a single frame, or "
+                        "hoiguide.ClipObservations.from_frames([...]) for a clip")
+    is_path = isinstance(frames, (str, Path))
+    if not isinstance(frames, ClipObservations) and not is_path and (
+            not isinstance(frames, (list, tuple, np.ndarray)) or
+            (isinstance(frames, np.ndarray) and frames.ndim != 4)):
+        raise TypeError(f"{_NEEDS_FRAMES}, got {type(frames).__name__}")
+    if isinstance(frames, ClipObservations) and backbone is None:
+        raise TypeError("guided_reconstruct_video() missing 1 required argument: 'backbone' "
+                        "(any hoiguide.FlowBackbone, e.g. hoiguide.backbones.tiny() or "
+                        "hoiguide.backbones.HunyuanBackbone.from_pretrained(path))")
+    if not is_path and not isinstance(frames, ClipObservations) and len(frames) == 0:
+        raise ValueError("guided_reconstruct_video: frames is empty; give at least one image")
+    _check_seed(seed)
+    for name, v in (("every", every), ("max_frames", max_frames)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))
+                              or v < 1):
+            raise TypeError(f"{name}: expected a positive integer, got {v!r}")
+    sched = load_schedule(schedule)
+    guidance_options = GuidanceOptions.coerce(options)
+    crops = None
+    if isinstance(frames, ClipObservations):
+        clip = frames
+    else:
+        PipelineOptions.coerce(pipeline_options)
+        check_chain_arguments(object_name, seed, left_hand)
+        info: dict[str, Any] = {}
+        if is_path:
+            images, info = read_frames(frames, every=int(every), max_frames=max_frames)
+        else:
+            images = list(frames)
+        mdl = Models.load(models)
+        if backbone is not None:
+            mdl = mdl.replace(backbone=backbone)
+        backbone = mdl.backbone
+        _check_device(device, backbone, "guided_reconstruct_video")
+        clip, crops = clip_observations_from_frames(
+            images, mdl, object_name=object_name, camera=camera, seed=int(seed),
+            left_hand=left_hand, options=pipeline_options, progress=progress,
+            times=info.get("times"), metadata={"video": info} if info else None)
+    _check_device(device, backbone, "guided_reconstruct_video")
+    sampler = ClipGuidedSampler(backbone, sched, guidance_options)
+    rec = sampler.run(clip, seed=int(seed), progress=progress, callbacks=callbacks)
+    return rec if crops is None else clip_to_full_frame(rec, crops)

@@ -19,7 +19,7 @@ $PIP install -q --no-deps hy3dgen==2.0.2
 #    what it imports (protobuf < 5).
 $PIP install -q --no-deps mediapipe==0.10.21
 # 4. hoiguide itself with the extras the tests exercise (app: Gradio; batch: Ray).
-$PIP install -q -e ".[hunyuan-slim,open3d,bench,synth,app,batch,mediapipe,dev]"
+$PIP install -q -e ".[hunyuan-slim,open3d,bench,synth,app,batch,mediapipe,video,dev]"
 # 5. Debian's Chromium for the browser test of the web app (tests/test_app.py drives it with
 #    playwright; playwright's own browser download cannot work here). Root + apt-get only;
 #    without it that one test is skipped.

@@ -101,7 +101,8 @@ def test_followmyhold_resolves_to_the_reference_schedule():
     assert ph["hand"].weight("normal").options["mask"] == "hand"
     assert ph["hand"].weight("silhouette").options["which"] == "hand"
     assert ph["object"].weight("silhouette").options == {"which": "object",
-                                                         "ignore_hand": True}
+                                                         "ignore_hand": True,
+                                                         "target": "hard"}
     assert ph["joint"].weight("silhouette").options["which"] == "union"
     assert ph["joint"].weight("proximity").options["margin"] == 0.01
     assert s.on_nonfinite in ("raise", "skip", "stop")

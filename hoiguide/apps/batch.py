@@ -3,14 +3,19 @@
 :func:`run_batch` turns every item of ``INPUT`` into one output folder ``DIR/<item>/``:
 
 * ``INPUT`` is a folder (each image file in it -- ``.png .jpg .jpeg .webp .bmp .tif .tiff``
-  -- and each scene folder in it -- a folder holding ``scene.json``, as ``hoiguide synth``
-  writes them -- is one item), a single scene folder or image, or a list file (one path per
-  line; blank lines and lines starting with ``#`` are ignored; relative paths are relative
-  to the list file's folder).
+  --, each scene folder in it -- a folder holding ``scene.json``, as ``hoiguide synth``
+  writes them --, each video file in it -- ``.mp4 .mov .avi .mkv .webm ...``
+  (:data:`hoiguide.videoio.VIDEO_SUFFIXES`) -- and each folder of frames in it -- a folder
+  holding at least two image files and neither ``scene.json`` nor ``result.json`` -- is one
+  item), a single scene folder, image or video file, or a list file (one path per line;
+  blank lines and lines starting with ``#`` are ignored; relative paths are relative to the
+  list file's folder; a line may name a folder of frames).
 * A synthetic **scene** runs the demo path (:func:`hoiguide.apps.scene.run_demo`: simulated
   observers, guided reconstruction, metrics against the ground truth); an **image** runs the
   photo path (:func:`hoiguide.apps.photo.reconstruct_image` with the models of
-  ``models``: a models YAML, ``"offline"`` or ``"default"``).
+  ``models``: a models YAML, ``"offline"`` or ``"default"``); a **clip** (video file or
+  folder of frames) runs the video path (:func:`hoiguide.apps.video.reconstruct_video`
+  with the same models, the ``clip_preset`` schedule, ``every`` and ``max_frames``).
 * Item names are the folder names / file stems (characters outside ``[A-Za-z0-9._-]``
   become ``_``; a stem two images share gets its extension appended). Items are processed in
   sorted name order.
@@ -70,10 +75,11 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
 __all__ = ["run_batch", "discover_items", "parse_shard", "BatchItem", "BatchWorker",
-           "BatchError", "IMAGE_SUFFIXES", "SUMMARY_NAME", "TMP_DIR"]
+           "BatchError", "IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "SUMMARY_NAME", "TMP_DIR"]
 
 from hoiguide.apps.photo import reconstruct_image
 from hoiguide.apps.scene import run_demo
+from hoiguide.apps.video import DEFAULT_VIDEO_SCHEDULE, reconstruct_video
 from hoiguide.backbones.spec import load_backbone
 from hoiguide.guidance.engine import GuidanceOptions
 from hoiguide.io import (
@@ -85,11 +91,15 @@ from hoiguide.io import (
 )
 from hoiguide.phases import load_schedule
 from hoiguide.synth.observers import ObserverNoise
+from hoiguide.videoio import (
+    IMAGE_SUFFIXES,
+    VIDEO_SUFFIXES,
+    is_frame_folder,
+    is_video_file,
+    select_indices,
+)
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-"""File suffixes that make an image item (case-insensitive)."""
 
 SUMMARY_NAME = "batch_summary.json"
 """The summary file in the output folder."""
@@ -113,8 +123,8 @@ class BatchItem:
     Attributes:
         name: the output folder's name (unique in the batch).
         source: the absolute path of the image or scene folder.
-        kind: ``"scene"``, ``"image"`` or ``"missing"`` (a list-file entry that names
-            nothing usable: recorded as failed).
+        kind: ``"scene"``, ``"image"``, ``"clip"`` (a video file or a folder of frames) or
+            ``"missing"`` (a list-file entry that names nothing usable: recorded as failed).
     """
 
     name: str
@@ -170,6 +180,8 @@ def _kind_of(path: Path) -> str:
         return "scene"
     if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
         return "image"
+    if is_video_file(path) or is_frame_folder(path):
+        return "clip"
     return "missing"
 
 
@@ -202,9 +214,10 @@ def discover_items(input: Union[str, Path], *, exclude: Optional[Path] = None
                 if _kind_of(p) != "missing":
                     paths.append(p)
             if not paths:
-                raise BatchError(f"batch: {src} holds no image ({', '.join(IMAGE_SUFFIXES)}) "
-                                 f"and no scene folder (a folder with scene.json)")
-    elif src.suffix.lower() in IMAGE_SUFFIXES:
+                raise BatchError(f"batch: {src} holds no image ({', '.join(IMAGE_SUFFIXES)}), "
+                                 f"no scene folder (a folder with scene.json) and no clip (a "
+                                 f"video file or a folder of frames)")
+    elif src.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
         paths = [src]
     else:
         try:
@@ -226,7 +239,7 @@ def discover_items(input: Union[str, Path], *, exclude: Optional[Path] = None
 
 def _name_items(found: Sequence[tuple[Path, str]]) -> list[BatchItem]:
     def base(p: Path, kind: str) -> str:
-        stem = p.name if kind == "scene" else p.stem
+        stem = p.name if kind == "scene" or p.is_dir() else p.stem
         s = _SAFE.sub("_", stem).lstrip(".") or "item"
         return s
 
@@ -235,7 +248,7 @@ def _name_items(found: Sequence[tuple[Path, str]]) -> list[BatchItem]:
     for n in names:
         counts[n] = counts.get(n, 0) + 1
     names = [f"{n}_{_SAFE.sub('_', p.suffix.lstrip('.'))}" if counts[n] > 1 and p.suffix
-             and k != "scene" else n for n, (p, k) in zip(names, found)]
+             and k != "scene" and not p.is_dir() else n for n, (p, k) in zip(names, found)]
     seen: dict[str, int] = {}
     items = []
     order = sorted(range(len(found)), key=lambda j: (names[j], str(found[j][0])))
@@ -270,6 +283,9 @@ class _Config:
     turntable_views: int = 8
     turntable_size: int = 160
     pipeline_options: Optional[dict[str, Any]] = None
+    clip_schedule: Optional[dict[str, Any]] = None     # clips: the video schedule's to_dict()
+    every: int = 1                                     # clips: every N-th frame
+    max_frames: Optional[int] = None                   # clips: at most this many frames
 
     def describe(self) -> dict[str, Any]:
         def name(x: Any) -> Any:
@@ -285,7 +301,9 @@ class _Config:
                 "models": name(self.models), "device": self.device,
                 "object_name": self.object_name, "turntable_views": self.turntable_views,
                 "turntable_size": self.turntable_size,
-                "pipeline_options": self.pipeline_options}
+                "pipeline_options": self.pipeline_options,
+                "clip_preset": (self.clip_schedule or {}).get("name"), "every": self.every,
+                "max_frames": self.max_frames}
 
     def fingerprint(self, item: BatchItem) -> str:
         """What decides whether a finished item can be skipped: the schedule's full
@@ -295,6 +313,11 @@ class _Config:
                 "kind": item.kind}
         for k in ("device", "turntable_views", "turntable_size"):   # not the result
             keys.pop(k, None)
+        if item.kind == "clip":
+            keys["schedule"] = self.clip_schedule
+        else:                                        # the clip settings: clips only
+            for k in ("clip_preset", "every", "max_frames"):
+                keys.pop(k, None)
         if item.kind == "scene":
             for k in ("models", "object_name", "pipeline_options"):
                 keys.pop(k, None)
@@ -388,8 +411,9 @@ class BatchWorker:
             spec = self.cfg.models
             try:
                 if spec is None:
-                    raise _ItemFailed("an image item needs models: --models FILE.yaml (or "
-                                      "'offline' / 'default'; see hoiguide.adapters.models)")
+                    raise _ItemFailed("an image or clip item needs models: --models "
+                                      "FILE.yaml (or 'offline' / 'default'; see "
+                                      "hoiguide.adapters.models)")
                 self.loads["models"] += 1
                 from hoiguide.adapters.models import Models
 
@@ -425,11 +449,12 @@ class BatchWorker:
             if it.kind == "missing":
                 raise _ItemFailed(f"{it.source}: no such image or scene folder (images: "
                                   f"{', '.join(IMAGE_SUFFIXES)}; scenes: a folder with "
-                                  f"scene.json)")
+                                  f"scene.json; clips: a video file or a folder of frames)")
             tmp = _tmp_path(self.out, it)
             tmp.parent.mkdir(parents=True, exist_ok=True)
             try:
-                result = self._scene(it, tmp) if it.kind == "scene" else self._image(it, tmp)
+                run = {"scene": self._scene, "clip": self._clip}.get(it.kind, self._image)
+                result = run(it, tmp)
                 result["batch"] = batch_info
                 write_json(tmp / "result.json", result)
                 commit_folder(tmp, self.out / it.name)
@@ -478,12 +503,21 @@ class BatchWorker:
                                    guidance_options=self.cfg.options or None, progress=False,
                                    turntable_views=self.cfg.turntable_views,
                                    turntable_size=self.cfg.turntable_size)
-        if result.get("status") != "ok":
-            result["pipeline_status"] = result.get("status")
-            result["status"] = "failed"
-            result["reason"] = f"{result.get('pipeline_status')} (stage {result.get('stage')}" \
-                               f"): {result.get('reason')}"
-        return result
+        return _pipeline_status(result)
+
+    def _clip(self, it: BatchItem, tmp: Path) -> dict[str, Any]:
+
+        models = self.models()
+        result = reconstruct_video(it.source, tmp, models=models,
+                                   schedule=self.cfg.clip_schedule or DEFAULT_VIDEO_SCHEDULE,
+                                   seed=self.cfg.seed, every=self.cfg.every,
+                                   max_frames=self.cfg.max_frames,
+                                   object_name=self.cfg.object_name,
+                                   options=self.cfg.pipeline_options,
+                                   guidance_options=self.cfg.options or None, progress=False,
+                                   turntable_views=self.cfg.turntable_views,
+                                   turntable_size=self.cfg.turntable_size)
+        return _pipeline_status(result)
 
     def ping(self) -> str:
         """The worker's name (Ray: a cheap call that tells the actor is up)."""
@@ -497,6 +531,17 @@ class _ItemFailed(Exception):
     """An item that cannot be done, with a reason for result.json (no traceback)."""
 
 
+def _pipeline_status(result: dict[str, Any]) -> dict[str, Any]:
+    """A photo's or clip's result with the batch's status: ``ok`` or ``failed`` (the app's
+    own status then in ``pipeline_status``, the reason naming the stage)."""
+    if result.get("status") != "ok":
+        result["pipeline_status"] = result.get("status")
+        result["status"] = "failed"
+        result["reason"] = f"{result.get('pipeline_status')} (stage {result.get('stage')}" \
+                           f"): {result.get('reason')}"
+    return result
+
+
 def run_batch(input: Union[str, Path], out: Union[str, Path], *,
               shard: Union[str, Sequence[int], None] = None,
               ray_address: Optional[str] = None, ray_workers: Optional[int] = None,
@@ -507,8 +552,9 @@ def run_batch(input: Union[str, Path], out: Union[str, Path], *,
               object_name: str = "object",
               pipeline_options: Optional[Mapping[str, Any]] = None,
               turntable_views: int = 8, turntable_size: int = 160, overwrite: bool = False,
-              max_attempts: int = 2, progress: bool = True, command: Optional[str] = None
-              ) -> dict[str, Any]:
+              max_attempts: int = 2, progress: bool = True, command: Optional[str] = None,
+              clip_preset: Any = DEFAULT_VIDEO_SCHEDULE, every: int = 1,
+              max_frames: Optional[int] = None) -> dict[str, Any]:
     """Reconstruct every item of ``input`` into ``out/<item>/`` (see the module docstring).
 
     Args:
@@ -538,6 +584,11 @@ def run_batch(input: Union[str, Path], out: Union[str, Path], *,
         object_name: the detection/inpainting prompt of photo items.
         pipeline_options: :class:`hoiguide.adapters.pipeline.PipelineOptions` fields.
         turntable_views, turntable_size: the turntable pictures.
+        clip_preset: the phase schedule of clip items (default
+            :data:`hoiguide.apps.video.DEFAULT_VIDEO_SCHEDULE`; loaded only when there are
+            clips).
+        every, max_frames: clip items: every N-th frame, at most ``max_frames`` frames
+            evenly spread (default :data:`hoiguide.videoio.DEFAULT_MAX_FRAMES`).
         overwrite: run finished items again.
         max_attempts: tries per item when its Ray worker dies (the item is then recorded as
             failed). A failure inside a healthy worker is recorded at once.
@@ -573,6 +624,9 @@ def run_batch(input: Union[str, Path], out: Union[str, Path], *,
         PipelineOptions.coerce(dict(pipeline_options))
 
     ObserverNoise.preset(noise)
+    select_indices(1, every, max_frames)            # VideoError (a ValueError) naming them
+    clip_sched = load_schedule(clip_preset).to_dict() if any(
+        it.kind == "clip" for it in items) else None
     if isinstance(max_attempts, bool) or int(max_attempts) < 1:
         raise ValueError(f"max_attempts: expected an integer >= 1, got {max_attempts!r}")
     if ray_workers is not None and (isinstance(ray_workers, bool) or int(ray_workers) < 1):
@@ -589,7 +643,9 @@ def run_batch(input: Union[str, Path], out: Union[str, Path], *,
                   models=str(models) if isinstance(models, Path) else models, device=device,
                   object_name=str(object_name), turntable_views=int(turntable_views),
                   turntable_size=int(turntable_size),
-                  pipeline_options=dict(pipeline_options) if pipeline_options else None)
+                  pipeline_options=dict(pipeline_options) if pipeline_options else None,
+                  clip_schedule=clip_sched, every=int(every),
+                  max_frames=None if max_frames is None else int(max_frames))
     mine = items if shard_t is None else items[shard_t[0]::shard_t[1]]
     out_p.mkdir(parents=True, exist_ok=True)
     _clean_leftovers(out_p, mine)

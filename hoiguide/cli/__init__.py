@@ -43,7 +43,17 @@ import argparse
 import logging
 import sys
 
-from hoiguide.cli import app, batch, bench, demo, reconstruct, schedule, smoke, synth
+from hoiguide.cli import (
+    app,
+    batch,
+    bench,
+    demo,
+    reconstruct,
+    reconstruct_video,
+    schedule,
+    smoke,
+    synth,
+)
 from hoiguide.cli import eval as eval_cmd
 from hoiguide.cli.common import Formatter, UsageError, load_backbone, verbosity_flags
 
@@ -67,7 +77,8 @@ exit codes: 0 ok, 1 the run (or a batch item) failed, 2 bad usage, 130 interrupt
 """
 
 
-COMMANDS = (demo, reconstruct, smoke, schedule, synth, bench, batch, eval_cmd, app)
+COMMANDS = (demo, reconstruct, reconstruct_video, smoke, schedule, synth, bench, batch, eval_cmd,
+            app)
 """One module per command, each with ``register(subparsers, parents)`` and ``run(args)``."""
 
 

@@ -16,6 +16,9 @@ _EXPORTS = {
     'hand_alignment': 'protocol',
     'hidden_surface_mask': 'protocol',
     'object_aligned_metrics': 'protocol',
+    'clip_metrics': 'clip',
+    'clip_hidden_mask': 'clip',
+    'trajectory_jitter': 'clip',
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

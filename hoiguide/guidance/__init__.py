@@ -6,7 +6,9 @@ Read top-down: :mod:`~hoiguide.guidance.engine` (``GuidedSampler``: the sampling
 :mod:`~hoiguide.guidance.flow` (the flow arithmetic of both time conventions);
 :mod:`~hoiguide.guidance.context` holds a run's shared state,
 :mod:`~hoiguide.guidance.records` the options, history and step state callbacks see,
-:mod:`~hoiguide.guidance.sampler` unguided sampling and decoding.
+:mod:`~hoiguide.guidance.sampler` unguided sampling and decoding;
+:mod:`~hoiguide.guidance.clip` (``ClipGuidedSampler``) runs the same loop over the frames of
+a clip (one object, per-frame poses and hands, temporal terms).
 """
 
 from hoiguide._lazy import lazy_exports
@@ -38,6 +40,8 @@ _EXPORTS = {
     'flow_update': 'updates',
     'optimise_phase': 'inner',
     'RunContext': 'context',
+    'ClipGuidedSampler': 'clip',
+    'ClipRunContext': 'clip',
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

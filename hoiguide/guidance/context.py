@@ -230,6 +230,11 @@ class RunContext:
             total, values = evaluate_terms(terms, loss_ctx)
         return total, values, obj
 
+    def keep_best_score(self, total: float) -> Optional[float]:
+        """What ``keep_best`` compares for an evaluated inner iteration with this ``total``
+        (here the total itself; ``None``: this iterate cannot be kept)."""
+        return total
+
     # ---- losses --------------------------------------------------------------------------
     def loss_context(self, render: Any, hand: Any, obj: Any, *, keypoints: Any,
                      phase: Optional[str] = None, step: Optional[int] = None,

@@ -126,20 +126,26 @@ class GuidedSampler:
         if not isinstance(observations, Observations):
             raise TypeError(f"GuidedSampler.run: expected observations as hoiguide.Observations, "
                             f"got {type(observations).__name__}")
-        for cb in callbacks:
-            if not callable(cb):
-                raise TypeError(f"callbacks: expected callables, got {type(cb).__name__}")
+        _check_callbacks(callbacks)
+        t_start = time.perf_counter()
+        ctx = RunContext.create(self.backbone, self.schedule, self.options, self.convention,
+                                self.grid_resolution, self.dtype, observations, seed, progress)
+        cond = condition if condition is not None else \
+            self.backbone.encode_condition(observations.object_image)
+        x = self._initial_latent(latents, seed)
+        x = self._sample(ctx, x, cond, callbacks)
+        return self._finish(ctx, x, seed, t_start)
+
+    # ---- parts of run(), in the order they happen -------------------------------------------
+    def _sample(self, ctx: RunContext, x: torch.Tensor, cond: Any,
+                callbacks: Sequence[Callable[[StepState], Any]]) -> torch.Tensor:
+        """The sampling loop from the initial noise ``x`` (guided steps per the schedule,
+        callbacks, flow updates), then the after-sampling phases: the final sample."""
         bb, sched, n = self.backbone, self.schedule, self.num_steps
         sig = bb.sigmas(n)
         if not isinstance(sig, torch.Tensor) or sig.ndim != 1 or sig.shape[0] != n + 1:
             raise ValueError(f"{type(bb).__name__}.sigmas({n}) must return a 1-d tensor of "
                              f"{n + 1} values, got {getattr(sig, 'shape', sig)!r}")
-        t_start = time.perf_counter()
-        ctx = RunContext.create(bb, sched, self.options, self.convention, self.grid_resolution,
-                                self.dtype, observations, seed, progress)
-        cond = condition if condition is not None else \
-            bb.encode_condition(observations.object_image)
-        x = self._initial_latent(latents, seed)
         log.debug("guided sampling with schedule %r:\n%s", sched.name, self.resolved.table())
         ctx.progress.start(n, sched.name)
         t_sampling = time.perf_counter()
@@ -151,14 +157,15 @@ class GuidedSampler:
                     ctx.progress.step_done()
                     continue  # zero-length step: nothing to do without guidance
                 w = sched.guidance_scale_at(i, n)
+                cond_i = self._condition_at(ctx, i, cond)
                 with torch.no_grad():
-                    v = bb.velocity(x, s, cond, w)
+                    v = bb.velocity(x, s, cond_i, w)
                 inner, x_next = InnerResult(x, v, None, {}), None
                 if phase is not None:
                     ctx.progress.phase(phase.name)
                     try:
                         inner, x_next = self._guided_step(ctx, phase, sched.terms_at(i, n), i,
-                                                          x, v, s, s_next, cond, w)
+                                                          x, v, s, s_next, cond_i, w)
                     except StopGuidance:
                         ctx.stopped = True
                 x, v = inner.x, inner.v
@@ -179,9 +186,13 @@ class GuidedSampler:
                 x = optimise_phase(ctx, phase, phase.terms(0, 1), None, x, None, None).x
             except StopGuidance:
                 ctx.stopped = True
-        return self._finish(ctx, x, seed, t_start)
+        return x
 
-    # ---- parts of run(), in the order they happen -------------------------------------------
+    def _condition_at(self, ctx: RunContext, step: int, cond: Any) -> Any:
+        """The generator's condition at flow step ``step`` (here always ``cond``; the clip
+        sampler may switch between frames)."""
+        return cond
+
     def _initial_latent(self, latents: Optional[torch.Tensor], seed: int) -> torch.Tensor:
         bb = self.backbone
         if latents is None:
@@ -231,21 +242,8 @@ class GuidedSampler:
                 t_start: float) -> Reconstruction:
         """Final decode at ``final_resolution``, floaters removed, meshes placed."""
         t0 = time.perf_counter()
+        mesh_gen = self.final_mesh(ctx, x)
         with torch.no_grad():
-            grid = decode_grid(self.backbone, x, self.final_resolution,
-                               sparse=self.options.sparse)[0]
-            if not bool(torch.isfinite(grid).all()):
-                mesh_gen = Mesh.empty(self.dtype, self.device)
-                if ctx.status == "ok":
-                    ctx.status = "non-finite final latent"
-            else:
-                mesh_gen = extract_isosurface(grid.to(self.dtype), self.backbone.bounds)
-            raw = 0 if mesh_gen.is_empty else int(connected_components(mesh_gen).max()) + 1
-            if raw and self.options.remove_floaters:
-                mesh_gen = remove_small_components(mesh_gen, self.options.floater_fraction)
-            ctx.counters["components_raw"] = raw
-            ctx.counters["components"] = \
-                0 if mesh_gen.is_empty else int(connected_components(mesh_gen).max()) + 1
             obj, hand = ctx.place_object(mesh_gen).detach(), ctx.hand_mesh().detach()
             kp = ctx.hand_keypoints_placed()
         ctx.timings.phases["final_decode"] = time.perf_counter() - t0
@@ -262,6 +260,27 @@ class GuidedSampler:
             hand_keypoints_3d=None if kp is None else kp.detach(),
             object_mesh_generator=mesh_gen.detach())
 
+    def final_mesh(self, ctx: RunContext, x: torch.Tensor) -> Mesh:
+        """The final sample's object in the generator frame: decoded at
+        ``final_resolution``, floaters removed (``counters["components_raw"]`` /
+        ``["components"]``); empty with ``ctx.status`` set when the field is non-finite."""
+        with torch.no_grad():
+            grid = decode_grid(self.backbone, x, self.final_resolution,
+                               sparse=self.options.sparse)[0]
+            if not bool(torch.isfinite(grid).all()):
+                mesh_gen = Mesh.empty(self.dtype, self.device)
+                if ctx.status == "ok":
+                    ctx.status = "non-finite final latent"
+            else:
+                mesh_gen = extract_isosurface(grid.to(self.dtype), self.backbone.bounds)
+            raw = 0 if mesh_gen.is_empty else int(connected_components(mesh_gen).max()) + 1
+            if raw and self.options.remove_floaters:
+                mesh_gen = remove_small_components(mesh_gen, self.options.floater_fraction)
+            ctx.counters["components_raw"] = raw
+            ctx.counters["components"] = \
+                0 if mesh_gen.is_empty else int(connected_components(mesh_gen).max()) + 1
+        return mesh_gen.detach()
+
     def schedule_info(self) -> dict[str, Any]:
         """What a result records of the schedule: name, source, steps, the resolved table,
         per-phase steps / iterations / learning rates, and the full definition."""
@@ -274,3 +293,9 @@ class GuidedSampler:
                         "learning_rates": dict(p.learning_rates)} for p in resolved],
             "definition": sched.to_dict(),
         }
+
+
+def _check_callbacks(callbacks: Sequence[Any]) -> None:
+    for cb in callbacks:
+        if not callable(cb):
+            raise TypeError(f"callbacks: expected callables, got {type(cb).__name__}")

@@ -6,6 +6,9 @@ placed in the image frame -> ``render([hand, object])`` -> the phase's weighted 
 backward -> one step of the phase's optimiser over its parameter groups (``velocity``,
 ``latent``, ``hand.*``, ``object.*``). A fresh optimiser is built per call (the reference's
 "fresh optimiser each diffusion step"); the similarities persist in the :class:`RunContext`.
+What is placed, rendered and scored, which tensors each group holds and what ``keep_best``
+compares are the context's (``evaluate``, ``similarity_groups``, ``keep_best_score``): the
+multi-frame context of :mod:`hoiguide.guidance.clip` overrides them to score several frames.
 
 Skipped iterations are recorded in the history with the reason: an empty iso-surface when the
 phase needs the object, or a non-finite field / term / gradient (then handled per the
@@ -149,8 +152,9 @@ def optimise_phase(ctx: RunContext, phase: Any, terms: Sequence[Any], step: Opti
                           vals.get(label, float(total.detach())))
             continue
         tot = float(total.detach())
-        if phase.keep_best and (best is None or tot < best[0]):
-            best = (tot, {k: [t.clone() for t in _tensors(p)] for k, p in params.items()},
+        score = ctx.keep_best_score(tot) if phase.keep_best else None
+        if score is not None and (best is None or score < best[0]):
+            best = (score, {k: [t.clone() for t in _tensors(p)] for k, p in params.items()},
                     obj, vals)
         if total.requires_grad:
             with ctx.timings.part("backward"):

@@ -3,7 +3,9 @@
 A registered *term* is ``LOSSES[name](ctx: LossContext, **options) -> scalar Tensor``;
 ``register_loss`` adds your own. Built-in names: ``normal``, ``disparity``, ``silhouette``,
 ``keypoints_2d``, ``translation``, ``edge_length``, ``vertex_l2``, ``proximity``,
-``intersection``, ``mask_ot``.
+``intersection``, ``mask_ot``. The temporal terms of clip guidance
+(:mod:`~hoiguide.losses.temporal`: ``trajectory_smoothness``, ``contact_consistency``) are
+plain functions over frames, weighted by a schedule's ``clip:`` keys.
 """
 
 from hoiguide._lazy import lazy_exports
@@ -32,6 +34,8 @@ _EXPORTS = {
     'proximity_loss': 'contact',
     'intersection_loss': 'contact',
     'penetration_depth': 'contact',
+    'trajectory_smoothness': 'temporal',
+    'contact_consistency': 'temporal',
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

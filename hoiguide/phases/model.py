@@ -25,8 +25,9 @@ from hoiguide.phases.errors import ScheduleError
 from hoiguide.phases.steps import FLOOR_TOL, assign_steps
 
 __all__ = ["ScheduleError", "PhaseSchedule", "Phase", "OptimizerSpec", "LossWeight", "Term",
-           "Window", "GuidanceDecay", "ResolvedPhase", "ResolvedSchedule", "GROUPS",
-           "SIMILARITY_GROUPS", "UPDATES", "AFTER_SAMPLING", "parse_schedule"]
+           "Window", "GuidanceDecay", "ClipSpec", "CLIP_CONDITIONS", "CLIP_INITIAL_POSES",
+           "ResolvedPhase", "ResolvedSchedule", "GROUPS", "SIMILARITY_GROUPS", "UPDATES",
+           "AFTER_SAMPLING", "parse_schedule"]
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,10 @@ UPDATES = ("euler", "renoise")
 
 
 
-
+#: how the clip sampler picks the generator's condition image across flow steps
+CLIP_CONDITIONS = ("reference", "cycle")
+#: how the clip sampler starts the per-frame object poses
+CLIP_INITIAL_POSES = ("robust", "icp")
 
 
 def _fmt(x: float) -> str:
@@ -82,6 +86,51 @@ class OptimizerSpec:
         if tuple(self.betas) != (0.9, 0.999):
             s += f", betas=({_fmt(self.betas[0])}, {_fmt(self.betas[1])})"
         return s + ")"
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """The ``clip:`` block of a schedule: how multi-frame (video) guidance uses the frames.
+
+    Read only by :class:`hoiguide.guidance.clip.ClipGuidedSampler`; a single-image run
+    ignores it. Weights multiply terms in metres^2 (see :mod:`hoiguide.losses.temporal`) and
+    apply in every phase, next to the phase's own (per-frame image) terms.
+
+    Attributes:
+        frames_per_iteration: observed frames whose image terms each inner iteration
+            evaluates (rotated so every observed frame is visited; their totals averaged).
+        condition: ``"reference"`` (the reference frame's object image conditions every
+            step) or ``"cycle"`` (flow step ``i`` uses observed frame ``i mod n``, starting
+            at the reference frame).
+        smoothness_weight: weight of :func:`~hoiguide.losses.temporal.trajectory_smoothness`
+            of the object's box corners placed per frame (the object poses).
+        hand_smoothness_weight: the same on the hand vertices of the observed frames.
+        contact_weight: weight of :func:`~hoiguide.losses.temporal.contact_consistency`.
+        contact_distance: metres; hand vertices of the reference frame within it of the
+            object surface (at the start of each phase step) are the contact set.
+        initial_poses: ``"robust"`` (a frame whose pose disagrees with both its neighbours
+            and the hand's motion takes the grasp-propagated pose) or ``"icp"`` (each
+            frame's ``gen_to_image`` as given).
+        outlier_rotation_deg, outlier_translation: the disagreement (degrees; metres at
+            the object's centre) beyond which ``robust`` distrusts a frame's pose.
+    """
+
+    frames_per_iteration: int = 2
+    condition: str = "reference"
+    smoothness_weight: float = 1.0e4
+    hand_smoothness_weight: float = 1.0e3
+    contact_weight: float = 1.0e4
+    contact_distance: float = 0.005
+    initial_poses: str = "robust"
+    outlier_rotation_deg: float = 20.0
+    outlier_translation: float = 0.02
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def __str__(self) -> str:
+        return " ".join(f"{k}={_fmt(v) if isinstance(v, float) else v}"
+                        for k, v in self.to_dict().items())
 
 
 @dataclass(frozen=True)
@@ -338,6 +387,7 @@ class ResolvedSchedule(list):
         self.num_steps = num_steps
         self.guidance_scales = tuple(schedule.guidance_scale_at(i, num_steps)
                                      for i in range(num_steps))
+        self.clip = schedule.clip
         covered = {s for p in self for s in p.steps}
         self.unguided_steps = tuple(i for i in range(num_steps) if i not in covered)
 
@@ -377,6 +427,8 @@ class ResolvedSchedule(list):
                                 cur, first = ws[k], k
                     parts.append(f"{label}=[{'; '.join(chunks)}]")
             lines.append(f"weights {p.name}: " + " ".join(parts))
+        if self.clip is not None:
+            lines.append(f"clip: {self.clip}")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -398,6 +450,8 @@ class PhaseSchedule:
             finish sampling unguided).
         description: free text.
         source: the preset name or file it was loaded from (not compared).
+        clip: the multi-frame settings (:class:`ClipSpec`, YAML ``clip:``) or ``None``
+            (clip runs then use :class:`ClipSpec`'s defaults; single-image runs ignore it).
     """
 
     name: str
@@ -408,6 +462,7 @@ class PhaseSchedule:
     on_nonfinite: str = "raise"
     description: str = ""
     source: Optional[str] = field(default=None, compare=False)
+    clip: Optional[ClipSpec] = None
 
     # ---- structure -------------------------------------------------------------------
     @property
@@ -501,7 +556,7 @@ class PhaseSchedule:
     # ---- (de)serialisation -----------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """The full schedule as plain data (no ``base``); ``load_schedule`` reads it back."""
-        return {
+        d = {
             "name": self.name,
             "description": self.description,
             "num_steps": self.num_steps,
@@ -511,6 +566,9 @@ class PhaseSchedule:
             "on_nonfinite": self.on_nonfinite,
             "phases": [p.to_dict() for p in self.phases],
         }
+        if self.clip is not None:
+            d["clip"] = self.clip.to_dict()
+        return d
 
     def to_yaml(self, path: Union[str, Path, None] = None) -> str:
         """The full schedule as YAML text (written to ``path`` when given)."""
@@ -551,7 +609,8 @@ _OPTIMIZERS = ("adam", "adamw")
 _NONFINITE = ("raise", "skip", "stop")
 _DECAY_KINDS = ("linear",)
 TOP_KEYS = ("name", "description", "base", "num_steps", "guidance_scale", "guidance_decay",
-             "on_nonfinite", "phases", "drop_losses")
+             "on_nonfinite", "phases", "drop_losses", "clip")
+_CLIP_KEYS = tuple(f.name for f in dataclasses.fields(ClipSpec))
 _PHASE_KEYS = ("name", "description", "window", "steps", "iterations", "optimizer",
                "optimize", "weights", "update", "repeats", "keep_best")
 _OPT_KEYS = ("type", "eps", "betas", "weight_decay")
@@ -702,6 +761,24 @@ def _parse_by_step(v: Any, path: str, source: Optional[str]) -> tuple[tuple[int,
     return tuple(out)
 
 
+def _parse_clip(d: Any, source: Optional[str]) -> ClipSpec:
+    d = check_keys(d, _CLIP_KEYS, "clip", source, "clip settings")
+    dflt = ClipSpec()
+    p = lambda k: join_path("clip", k)  # noqa: E731
+    fpi = _number(d.get("frames_per_iteration", dflt.frames_per_iteration),
+                  p("frames_per_iteration"), source, integer=True, positive=True,
+                  what="frames_per_iteration")
+    cond = _string(d.get("condition", dflt.condition), p("condition"), source, CLIP_CONDITIONS)
+    init = _string(d.get("initial_poses", dflt.initial_poses), p("initial_poses"), source,
+                   CLIP_INITIAL_POSES)
+    num = {k: _number(d.get(k, getattr(dflt, k)), p(k), source, nonneg=True, what=k)
+           for k in ("smoothness_weight", "hand_smoothness_weight", "contact_weight",
+                     "contact_distance")}
+    for k in ("outlier_rotation_deg", "outlier_translation"):
+        num[k] = _number(d.get(k, getattr(dflt, k)), p(k), source, positive=True, what=k)
+    return ClipSpec(frames_per_iteration=int(fpi), condition=cond, initial_poses=init, **num)
+
+
 def _parse_phase(d: Any, path: str, source: Optional[str]) -> Phase:
     d = check_keys(d, _PHASE_KEYS, path, source, "a phase")
     for key in ("name", "iterations", "optimize", "weights"):
@@ -833,6 +910,8 @@ def parse_schedule(data: Any, source: Optional[str]) -> PhaseSchedule:
             raise ScheduleError(f"window [{a1:g}, {b1:g}) overlaps phases[{i0}] "
                                 f"({phases[i0].name!r}, [{a0:g}, {b0:g}))",
                                 f"phases[{i1}].window", source)
-    sched = PhaseSchedule(name, phases, num_steps, gscale, decay, on_nonfinite, desc, source)
+    clip = None if d.get("clip") is None else _parse_clip(d["clip"], source)
+    sched = PhaseSchedule(name, phases, num_steps, gscale, decay, on_nonfinite, desc, source,
+                          clip)
     sched.resolve(num_steps)  # explicit steps: range and overlap at the default num_steps
     return sched

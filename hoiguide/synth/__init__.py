@@ -1,7 +1,8 @@
 """Synthetic hand-object scenes with ground truth, and simulated foundation-model observers.
 
 ``pip install 'hoiguide[synth]'`` adds pybullet (for its bundled ``pybullet_data`` meshes) and
-OpenCV (inpainting). See :mod:`hoiguide.synth.scene` for the on-disk format.
+OpenCV (inpainting). See :mod:`hoiguide.synth.scene` for the on-disk format of scenes and
+:mod:`hoiguide.synth.clip` for clips (one grasp over many frames).
 """
 
 from hoiguide._lazy import lazy_exports
@@ -29,6 +30,13 @@ _EXPORTS = {
     'Grasp': 'grasp',
     'make_scene': 'generate',
     'generate_scenes': 'generate',
+    'Clip': 'clip',
+    'make_clip': 'clip',
+    'load_clip': 'clip',
+    'generate_clips': 'clip',
+    'simulate_clip_observations': 'clip',
+    'list_clips': 'clip',
+    'is_clips_set': 'clip',
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
