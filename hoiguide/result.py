@@ -220,6 +220,29 @@ class ClipReconstruction:
         """The object placed in every frame (image-aligned frames, metres)."""
         return [self.object_mesh(t) for t in range(self.num_frames)]
 
+    def frame_reconstruction(self, frame: Optional[int] = None) -> Reconstruction:
+        """Frame ``frame`` (default: the reference frame) as a single-image
+        :class:`Reconstruction`: the clip's object placed in that frame and that frame's hand,
+        both in frame ``frame``'s image-aligned frame (OpenCV camera frame, metres).
+
+        ``gen_to_image`` is the frame's ``object_transforms[frame]`` and ``object_similarity``
+        the identity (so ``object_transform`` is the frame's generator -> image map);
+        ``hand_similarity`` is the frame's; the latent, history, timings, schedule, seed,
+        status and counters are the clip's (shared by every frame).
+
+        Raises:
+            IndexError: ``frame`` is not in ``[-T, T)``.
+        """
+        t = self.reference if frame is None else int(frame)
+        if not -self.num_frames <= t < self.num_frames:
+            raise IndexError(f"frame {t} out of range for a clip of {self.num_frames} frames")
+        return Reconstruction(
+            object_mesh=self.object_mesh(t), hand_mesh=self.hand_meshes[t],
+            object_similarity=Similarity.identity(), hand_similarity=self.hand_similarities[t],
+            gen_to_image=self.object_transforms[t], latent=self.latent, history=self.history,
+            timings=self.timings, schedule=self.schedule, seed=self.seed, status=self.status,
+            counters=dict(self.counters), object_mesh_generator=self.object_mesh_generator)
+
     def summary(self) -> dict[str, Any]:
         """JSON-serialisable summary (what ``result.json`` holds; poses per frame)."""
         return {
@@ -251,15 +274,7 @@ class ClipReconstruction:
         into ``directory`` (created). Returns the directory."""
         out = Path(directory)
         (out / "hands").mkdir(parents=True, exist_ok=True)
-        ref = Reconstruction(
-            object_mesh=self.object_mesh(), hand_mesh=self.hand_meshes[self.reference],
-            object_similarity=Similarity.identity(),
-            hand_similarity=self.hand_similarities[self.reference],
-            gen_to_image=self.object_transforms[self.reference], latent=self.latent,
-            history=self.history, timings=self.timings, schedule=self.schedule,
-            seed=self.seed, status=self.status, counters=dict(self.counters),
-            object_mesh_generator=self.object_mesh_generator)
-        ref.write_meshes(out, suffixes=("glb", "ply"))
+        self.frame_reconstruction(self.reference).write_meshes(out, suffixes=("glb", "ply"))
         if not self.object_mesh_generator.is_empty:
             write_mesh(out / "object_generator.ply", self.object_mesh_generator, OBJECT_COLOR)
         width = max(3, len(str(self.num_frames - 1)))

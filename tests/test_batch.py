@@ -310,6 +310,8 @@ def test_cli_batch_exit_codes(tmp_path, caplog, capsys):
     assert main(["batch", str(tmp_path / "absent"), "--out", str(tmp_path / "o")]) == 2
     assert main(["batch", str(lst), "--out", str(tmp_path / "o"), "--backbone", "bogus"]) == 2
     assert main(["batch", str(lst), "--out", str(tmp_path / "o"), "--option", "nope=1"]) == 2
+    for bad in (["--every", "0"], ["--max-frames", "0"], ["--clip-preset", "vidoe_fast"]):
+        assert main(["batch", str(lst), "--out", str(tmp_path / "o"), *bad]) == 2, bad
     assert not (tmp_path / "o").exists()
     assert main(["-q", "batch", str(lst), "--out", str(tmp_path / "o")]) == 1
     printed = capsys.readouterr().out

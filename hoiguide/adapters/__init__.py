@@ -16,6 +16,12 @@ Roles and what they need:
 * hand: :class:`HaMeREstimator` (HaMeR from GitHub + the user's MANO file) or
   :class:`MediaPipeHandEstimator` (mediapipe 0.10.21, offline) with
   :func:`fit_hand_to_keypoints`.
+
+The chain from a photo to :class:`~hoiguide.types.Observations` is
+:func:`observations_from_image` with the models of :class:`Models`; for a clip,
+:func:`clip_observations_from_frames` runs it on every frame with the models loaded once and
+the hand box tracked between frames (:func:`track_boxes`), and :func:`clip_to_full_frame`
+maps a clip reconstruction from the crops back to the video's camera frame.
 """
 
 from hoiguide._lazy import lazy_exports
@@ -60,7 +66,10 @@ _EXPORTS = {
     'ImageError': 'pipeline',
     'load_image': 'pipeline',
     'observations_from_image': 'pipeline',
-    
+    # clips: the image chain per frame, the hand box tracked (clip.py)
+    'clip_observations_from_frames': 'clip',
+    'clip_to_full_frame': 'clip',
+    'track_boxes': 'clip',
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

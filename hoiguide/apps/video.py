@@ -35,8 +35,8 @@ from hoiguide.backbones.spec import load_backbone
 from hoiguide.guidance.records import GuidanceOptions
 from hoiguide.io import check_output_folder, commit_folder, write_json
 from hoiguide.phases import load_schedule
-from hoiguide.result import HAND_COLOR, OBJECT_COLOR, ClipReconstruction, Reconstruction
-from hoiguide.types import Camera, Similarity
+from hoiguide.result import HAND_COLOR, OBJECT_COLOR, ClipReconstruction
+from hoiguide.types import Camera
 from hoiguide.videoio import read_frames
 
 __all__ = ["reconstruct_video", "RESULT_KIND", "OUTPUT_FILES", "DEFAULT_VIDEO_SCHEDULE",
@@ -96,18 +96,6 @@ def _overlay_gif(path: Path, frames: Sequence[np.ndarray], rec: ClipReconstructi
     ms = int(min(1000, max(40, round(1000 * dt))))
     out[0].save(path, save_all=True, append_images=out[1:], duration=ms, loop=0,
                 optimize=False, disposal=1)
-
-
-def _reference_reconstruction(rec: ClipReconstruction) -> Reconstruction:
-    """The reference frame of a clip reconstruction as a single-image
-    :class:`~hoiguide.result.Reconstruction` (for the report and its pictures)."""
-    r = rec.reference
-    return Reconstruction(
-        object_mesh=rec.object_mesh(), hand_mesh=rec.hand_meshes[r],
-        object_similarity=Similarity.identity(), hand_similarity=rec.hand_similarities[r],
-        gen_to_image=rec.object_transforms[r], latent=rec.latent, history=rec.history,
-        timings=rec.timings, schedule=rec.schedule, seed=rec.seed, status=rec.status,
-        counters=dict(rec.counters), object_mesh_generator=rec.object_mesh_generator)
 
 
 def _poses(rec: ClipReconstruction, frame_indices: Sequence[int], chain: Sequence[Mapping],
@@ -303,7 +291,7 @@ def reconstruct_video(clip: Union[str, Path], out_dir: Union[str, Path], *,
                     log.warning("reconstruct-video: could not draw overlay.gif", exc_info=exc)
                     warn.append(f"overlay.gif: {type(exc).__name__}: {exc}")
             written = write_outputs(
-                tmp, _reference_reconstruction(rec), image=frames[rec.reference],
+                tmp, rec.frame_reconstruction(rec.reference), image=frames[rec.reference],
                 camera=cam_full, result=result, pictures=pictures, meshes=False,
                 title=f"{sched.name} on {Path(str(clip_info['source'])).name} (reference "
                       f"frame {rec.reference} of {rec.num_frames})",

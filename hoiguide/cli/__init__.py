@@ -17,14 +17,25 @@ Subcommands so far:
   every scene of a scene set, scored with the paper's hand-aligned protocol; writes
   ``DIR/<preset>/<scene>.json``, ``DIR/summary.json`` and ``DIR/summary.md``
   (:func:`hoiguide.eval.run_benchmark`). Failed scenes are recorded and count against RR
-  (exit code 0); re-running skips finished scenes.
+  (exit code 0); re-running skips finished scenes. On a clips set (``synth --frames``), clip
+  presets (``video_fast``, ``video``) run on every frame and single-image presets on the
+  reference frame (:func:`hoiguide.apps.bench_clips.run_clip_benchmark`).
 
 * ``hoiguide reconstruct IMAGE --out DIR --models FILE.yaml``: one photo -> meshes
   (:func:`hoiguide.apps.photo.reconstruct_image`).
-* ``hoiguide synth --n N --out DIR``: synthetic scenes with ground truth.
+* ``hoiguide reconstruct-video CLIP --out DIR [--models FILE.yaml] [--every N]
+  [--max-frames M]``: a video file (PyAV, ``pip install 'hoiguide[video]'``) or a folder of
+  frames -> the models on every frame (hand box tracked) -> one object for the whole clip,
+  its pose in every frame and the hand in every frame: meshes, ``hands/``, ``poses.json``,
+  ``overlay.gif``, the reference frame's pictures, ``report.html``, ``result.json``
+  (:func:`hoiguide.apps.video.reconstruct_video`).
+* ``hoiguide synth --n N --out DIR``: synthetic scenes with ground truth; ``--frames T``:
+  synthetic clips (one grasp over T frames, per-frame ground truth).
 * ``hoiguide batch INPUT --out DIR [--shard i/n] [--ray [ADDRESS]]``: every image / scene
-  folder of INPUT (a folder or a list file) into ``DIR/<item>/`` (atomically; re-running
-  resumes; failures recorded), ``DIR/batch_summary.json`` (:func:`hoiguide.apps.batch.run_batch`).
+  folder / video / folder of frames of INPUT (a folder or a list file) into ``DIR/<item>/``
+  (atomically; re-running resumes; failures recorded), ``DIR/batch_summary.json``
+  (:func:`hoiguide.apps.batch.run_batch`); clips with ``--clip-preset``, ``--every``,
+  ``--max-frames``.
 * ``hoiguide app [--host H] [--port P] [--share no]``: the web demo (:mod:`hoiguide.apps.webapp`).
 
 Every reconstruction writes meshes (GLB/PLY/OBJ), overlay.png, turntable.png/.gif,
@@ -65,11 +76,14 @@ EXAMPLES = """examples:
   hoiguide demo --out out/demo             # synthetic scene -> guided reconstruction -> pictures
   hoiguide demo --preset demos/custom_schedule.yaml --out out/custom
   hoiguide reconstruct photo.jpg --out out/photo --models models.yaml   # needs the model weights
+  hoiguide reconstruct-video clip.mp4 --out out/clip --models models.yaml --max-frames 16
   hoiguide smoke --out out/smoke           # geometric core end to end, writes PNGs + result.json
   hoiguide schedule followmyhold --steps 20
   hoiguide synth --n 30 --seed 0 --objects pybullet:0-699 --out scenes/
+  hoiguide synth clips/ --n 12 --frames 8  # synthetic clips: one grasp turning over 8 frames
   hoiguide bench --scenes scenes/ --preset unguided --preset fast --out out/bench
   hoiguide batch scenes/ --out out/batch   # one folder per item, resumable; --shard, --ray
+  hoiguide bench clips/ --preset video_fast --preset fast --out out/bench_clips
   hoiguide app                             # web demo on http://127.0.0.1:7860
 
   -q/--quiet: warnings only, no progress bars; -v/--verbose: debug logging.

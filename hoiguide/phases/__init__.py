@@ -70,6 +70,36 @@ MAPPING ``phase name -> changes``: changes deep-merge into that phase, ``null`` 
 unknown name adds a new (complete) phase. ``drop_losses: [normal]`` then removes every term of
 those losses (labelled variants included) from every phase. ``name`` defaults to the file's
 stem.
+
+**Clips** (``clip:``, :class:`~hoiguide.phases.model.ClipSpec`): how a multi-frame run
+(:func:`hoiguide.guided_reconstruct_video`, :class:`hoiguide.guidance.clip.ClipGuidedSampler`)
+uses the frames of a clip. A single-image run ignores the block; a clip run of a schedule
+without it uses the defaults below (the presets ``video_fast`` and ``video`` are ``fast`` and
+``followmyhold`` with this block). The phases, windows and weights above apply unchanged: a
+phase's image terms are evaluated per frame, and the temporal terms below are added in every
+phase. Unknown keys are refused with a did-you-mean message, like every other key::
+
+    clip:
+      frames_per_iteration: 2      # observed frames whose image terms each inner iteration
+                                   # evaluates, in turn so every frame is visited (averaged)
+      condition: reference         # reference: every flow step is conditioned on the
+                                   # reference frame's object image; cycle: step i on the
+                                   # (i mod n)-th observed frame, the reference first
+      smoothness_weight: 1.0e4     # second differences over time of the object's pose (the
+                                   # decode box's corners and centre placed per frame)
+      hand_smoothness_weight: 1.0e3  # the same on the observed hands' vertices
+      contact_weight: 1.0e4        # contact consistency: the reference frame's hand vertices
+                                   # in contact keep their place on the object where visible
+      contact_distance: 0.005      # metres: hand vertices this close to the object surface
+                                   # (reference frame) form the contact set
+      initial_poses: robust        # robust: a frame whose pose disagrees with both its
+                                   # neighbours and the hand's motion takes the pose carried
+                                   # by the grasp; icp: each frame's alignment as given
+      outlier_rotation_deg: 20.0   # robust: disagreement in degrees ...
+      outlier_translation: 0.02    # ... or in metres at the object's centre
+
+Weights multiply terms in metres^2 (:mod:`hoiguide.losses.temporal`); all must be ``>= 0``,
+``frames_per_iteration`` a positive integer, the outlier thresholds positive.
 """
 from hoiguide._lazy import lazy_exports
 
@@ -93,6 +123,7 @@ _EXPORTS = {
     'GuidanceDecay': 'model',
     'ResolvedPhase': 'model',
     'ResolvedSchedule': 'model',
+    'ClipSpec': 'model',
     'parse_schedule': 'model',
     'GROUPS': 'model',
     'SIMILARITY_GROUPS': 'model',

@@ -89,21 +89,23 @@ from hoiguide.synth.appearance import (
     random_lighting,
     random_material,
     random_skin_tone,
-    shade,
     vertex_colors,
 )
-from hoiguide.synth.generate import _default_hand, _plain, _rotmat, _rotvec, make_scene
+from hoiguide.synth.generate import (
+    default_hand,
+    look_metadata,
+    make_scene,
+    matrix_to_rotvec,
+    render_frame,
+    rotvec_to_matrix,
+)
 from hoiguide.synth.objects import ObjectSource, parse_object_spec
 from hoiguide.synth.observers import (
     ObserverNoise,
-    _union_image,
-    coarse_hoi_geometry,
+    ObserverOutputs,
+    align_observer_outputs,
     coarse_object_sample,
-    inpaint_object,
-    observe_depth,
-    observe_hand,
-    observe_masks,
-    scene_gen_to_camera,
+    run_observers,
     stable_seed,
 )
 from hoiguide.synth.scene import Scene, SceneFormatError
@@ -258,7 +260,7 @@ def load_clip(directory: str | Path) -> Clip:
 
 # ---------------------------------------------------------------------------- the motion
 def _rotation(axis: np.ndarray, angle: float) -> np.ndarray:
-    return _rotmat(np.asarray(axis, np.float64) * float(angle))
+    return rotvec_to_matrix(np.asarray(axis, np.float64) * float(angle))
 
 
 def _perpendicular_basis(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -405,7 +407,7 @@ def make_clip(source: ObjectSource | str | Mesh, *, seed: int = 0, index: int = 
     ncand = _check_positive_int(axis_candidates, "axis_candidates", fn, 64)
     cid = clip_id or f"{int(index):04d}"
     t_start = time.perf_counter()
-    model = hand_model if hand_model is not None else _default_hand()
+    model = hand_model if hand_model is not None else default_hand()
     base = make_scene(source, seed=seed, index=index, image_size=image_size, scene_id=cid,
                       hand_model=model, **scene_options)
     rng = np.random.default_rng([int(seed), int(index), 0xC11B])
@@ -419,7 +421,7 @@ def make_clip(source: ObjectSource | str | Mesh, *, seed: int = 0, index: int = 
 
     # hand parameters (camera frame) of the middle view and the model's rest wrist
     hp = dict(base.hand_params)
-    R_hand = _rotmat(np.asarray(hp["global_orient"]))
+    R_hand = rotvec_to_matrix(np.asarray(hp["global_orient"]))
     betas = torch.as_tensor(hp["betas"], dtype=_F64)[None]
     pose0 = torch.as_tensor(hp["hand_pose"], dtype=_F64).reshape(1, -1)
     with torch.no_grad():
@@ -484,37 +486,31 @@ def make_clip(source: ObjectSource | str | Mesh, *, seed: int = 0, index: int = 
         wrist_k = Rs[k] @ wrist_c + ts[k]
         transl_k = wrist_k - wrist_rest
         with torch.no_grad():
-            out = model(global_orient=torch.as_tensor(_rotvec(R_k), dtype=_F64)[None],
+            out = model(global_orient=torch.as_tensor(matrix_to_rotvec(R_k), dtype=_F64)[None],
                         hand_pose=pose.to(_F64), betas=betas,
                         transl=torch.as_tensor(transl_k, dtype=_F64)[None])
         hand_k = out.mesh(0).to(dtype=_F64)
         obj_k = obj_c.transformed(S)
         kp3 = out.keypoints[0].to(_F64)
-        r = render([hand_k, obj_k], cam, amodal=True)
         frng = np.random.default_rng([int(seed), int(index), 0xC11B, k])
-        image = shade([hand_k, obj_k], [hand_colors, tex], cam, light, rng=frng)
-        mask_obj = (r.mesh_id == 1).numpy()
-        amodal_obj = (r.amodal[1] > 0.5).numpy()
-        n_vis = int(mask_obj.sum())
-        frac = n_vis / max(int(amodal_obj.sum()), 1)
+        maps = render_frame(hand_k, obj_k, cam, hand_colors=hand_colors, object_colors=tex,
+                            lighting=light, rng=frng)
+        n_vis = int(maps["mask_object"].sum())
+        frac = n_vis / max(int(maps["mask_object_amodal"].sum()), 1)
         o2c = S.compose(w2c)
         g2c = S.compose(g2c0)
         params_k = dict(hp)
-        params_k.update(global_orient=_rotvec(R_k).tolist(), transl=transl_k.tolist(),
+        params_k.update(global_orient=matrix_to_rotvec(R_k).tolist(), transl=transl_k.tolist(),
                         hand_pose=pose.reshape(-1).tolist())
         meta = dict(base.metadata)
         meta.update({"clip": cid, "frame": k, "time": k / fps,
                      "visible_object_fraction": round(frac, 4),
                      "gen_to_camera": g2c.to_dict(), "world_to_camera": o2c.to_dict(),
-                     "material": _plain(mat), "skin": _plain(skin), "lighting": _plain(light)})
+                     **look_metadata(mat, skin, light)})
         hand_k.metadata.clear()
         obj_k.metadata.clear()
         frames.append(Scene(
-            scene_id=f"{cid}_f{k:03d}", camera=cam, image=image,
-            mask_hand=(r.mesh_id == 0).numpy(), mask_object=mask_obj,
-            mask_hand_amodal=(r.amodal[0] > 0.5).numpy(), mask_object_amodal=amodal_obj,
-            depth=r.depth.numpy().astype(np.float32),
-            normals=r.normals.numpy().astype(np.float32),
+            scene_id=f"{cid}_f{k:03d}", camera=cam, **maps,
             hand_mesh=hand_k.to(dtype=torch.float32), object_mesh=obj_k.to(dtype=torch.float32),
             hand_keypoints_3d=kp3.numpy(), keypoints_2d=cam.project(kp3).numpy(),
             hand_params=params_k, object_source=base.object_source, metadata=meta))
@@ -801,67 +797,43 @@ def simulate_clip_observations(clip: Clip, *, backbone: Any = None,
         ``metadata["frame_failures"]``. Per-frame ``metadata`` holds what
         :func:`simulate_observations` records (``gen_to_image_true`` etc.) plus ``frame``.
     """
-    from hoiguide.alignment import build_observations
-
     nz = ObserverNoise.preset(noise)
     draws = CorrelatedDraws(stable_seed("observe-clip", clip.clip_id, seed),
                             temporal_correlation)
     T = clip.num_frames
-    raw: list[dict[str, Any] | None] = [None] * T
+    raw: list[ObserverOutputs | None] = [None] * T
     failures: dict[int, str] = {}
     for k, sc in enumerate(clip.frames):
         if k:
             draws.next_frame()
         try:
-            masks = observe_masks(sc, nz, draws)
-            point_map, valid, depth_scale = observe_depth(sc, nz, draws)
-            hand_mesh, kp3, kp2 = observe_hand(sc, nz, draws)
-            union = masks["mask_hand"] | masks["mask_object"]
-            coarse, coarse_kind = coarse_hoi_geometry(
-                sc, nz, draws, backbone=backbone, union_image=_union_image(sc.image, union),
-                seed=seed)
-            obj_img = inpaint_object(sc.image, masks["mask_hand"],
-                                     masks["mask_object_amodal"],
-                                     dilate_px=nz.inpaint_dilate_px, size=object_image_size)
+            raw[k] = run_observers(sc, nz, draws, backbone=backbone, seed=seed,
+                                   object_image_size=object_image_size)
         except Exception as exc:  # noqa: BLE001 - the frame is unobserved, the clip goes on
             failures[k] = f"observe: {type(exc).__name__}: {exc}"
             log.warning("clip %s frame %d: observers failed (%s); frame left unobserved",
                         clip.clip_id, k, failures[k])
-            continue
-        raw[k] = {"masks": masks, "point_map": point_map, "valid": valid,
-                  "depth_scale": depth_scale, "hand": hand_mesh, "kp3": kp3, "kp2": kp2,
-                  "obj_img": obj_img, "coarse": coarse, "coarse_kind": coarse_kind}
     ref = clip.reference if raw[clip.reference] is not None else None
     if ref is None:
         seen = [k for k in range(T) if raw[k] is not None]
         if not seen:
             raise ValueError(f"simulate_clip_observations: every frame of clip {clip.clip_id} "
                              f"failed ({'; '.join(failures.values())})")
-        ref = max(seen, key=lambda k: (int(raw[k]["masks"]["mask_object"].sum()), -k))
+        ref = max(seen, key=lambda k: (int(raw[k].masks["mask_object"].sum()), -k))
     coarse_object = None
     if backbone is not None:
-        coarse_object = coarse_object_sample(backbone, raw[ref]["obj_img"], seed=seed)
+        # the object is rigid: one sample, on the reference frame's object image
+        coarse_object = coarse_object_sample(backbone, raw[ref].object_image, seed=seed)
     frames: list[Any] = [None] * T
     for k, sc in enumerate(clip.frames):
-        r = raw[k]
-        if r is None:
+        if raw[k] is None:
             continue
-        g2c = scene_gen_to_camera(sc)
-        g2i_true = Similarity(torch.tensor(r["depth_scale"], dtype=_F64),
-                              torch.eye(3, dtype=_F64), torch.zeros(3, dtype=_F64)).compose(g2c)
-        meta = {"scene_id": sc.scene_id, "clip_id": clip.clip_id, "frame": k,
-                "observer_noise": nz.to_dict(), "temporal_correlation": draws.rho,
-                "depth_scale": r["depth_scale"], "coarse_hoi": r["coarse_kind"],
-                "seed": int(seed), "gen_to_image_true": g2i_true.to_dict()}
-        m = r["masks"]
         try:
-            frames[k] = build_observations(
-                camera=sc.camera, image=sc.image, mask_hand=m["mask_hand"],
-                mask_object=m["mask_object"], object_image=r["obj_img"],
-                point_map=r["point_map"], point_valid=r["valid"], hand_mesh=r["hand"],
-                coarse_hoi=r["coarse"], hand_keypoints_3d=r["kp3"], keypoints_2d=r["kp2"],
-                mask_object_amodal=m["mask_object_amodal"], options=alignment, seed=seed,
-                metadata=meta, coarse_object=coarse_object)
+            frames[k] = align_observer_outputs(
+                sc, raw[k], noise=nz, seed=seed, alignment=alignment,
+                coarse_object=coarse_object,
+                metadata={"clip_id": clip.clip_id, "frame": k,
+                          "temporal_correlation": draws.rho})
         except Exception as exc:  # noqa: BLE001 - the frame is unobserved, the clip goes on
             failures[k] = f"alignment: {type(exc).__name__}: {exc}"
             log.warning("clip %s frame %d: alignment failed (%s); frame left unobserved",

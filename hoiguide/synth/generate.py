@@ -23,8 +23,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from hoiguide.render import render
+from hoiguide.render import RenderOutput, render
 from hoiguide.synth.appearance import (
+    Lighting,
+    Material,
     Texture,
     random_lighting,
     random_material,
@@ -36,11 +38,13 @@ from hoiguide.synth.cameras import place_camera
 from hoiguide.synth.grasp import hand_frame, synthesize_grasp
 from hoiguide.synth.objects import ObjectSource, load_object, parse_object_spec
 from hoiguide.synth.scene import Scene, read_manifest, write_manifest
-from hoiguide.types import Mesh, Similarity
+from hoiguide.types import Camera, Mesh, Similarity
 
 log = logging.getLogger(__name__)
 
-__all__ = ["make_scene", "generate_scenes", "GEN_BOX_SIDE", "VisibilityError"]
+__all__ = ["make_scene", "generate_scenes", "render_frame", "look_metadata", "default_hand",
+           "rotvec_to_matrix", "matrix_to_rotvec",
+           "GEN_BOX_SIDE", "VisibilityError"]
 
 GEN_BOX_SIDE = 1.8
 CAMERA_STYLES = ("egocentric", "third_person")
@@ -98,7 +102,7 @@ def make_scene(source, *, seed: int = 0, index: int = 0, image_size: int = 256,
         raise TypeError(f"make_scene: expected an ObjectSource, a spec string or a Mesh, got "
                         f"{type(source).__name__}")
     if hand_model is None:
-        hand_model = _default_hand()
+        hand_model = default_hand()
     grasp = synthesize_grasp(obj, model=hand_model, rng=rng, grasp_type=grasp_type)
     with torch.no_grad():
         out = hand_model(global_orient=grasp.global_orient[None],
@@ -110,7 +114,7 @@ def make_scene(source, *, seed: int = 0, index: int = 0, image_size: int = 256,
     style = camera_style or str(rng.choice(CAMERA_STYLES))
 
     fr = hand_frame(hand_model, grasp.betas)
-    R_hand = _rotmat(grasp.global_orient.numpy())
+    R_hand = rotvec_to_matrix(grasp.global_orient.numpy())
     pts = torch.cat([hand_w.vertices, obj.vertices]).numpy()
     # place the camera until the object is visible enough (the hand may hide it)
     best = None
@@ -143,21 +147,15 @@ def make_scene(source, *, seed: int = 0, index: int = 0, image_size: int = 256,
     wrist_c = w2c.apply(out.joints[0, 0].to(torch.float64)).numpy()
     transl_c = wrist_c - wrist_rest
     hand_params = grasp.params()
-    hand_params.update(global_orient=_rotvec(R_c).tolist(), transl=transl_c.tolist())
-    # geometry maps (r: the render of the chosen camera)
-    depth = r.depth.numpy().astype(np.float32)
-    normals = r.normals.numpy().astype(np.float32)
-    mask_hand = (r.mesh_id == 0).numpy()
-    mask_obj = (r.mesh_id == 1).numpy()
-    amodal_hand = (r.amodal[0] > 0.5).numpy()
-    amodal_obj = (r.amodal[1] > 0.5).numpy()
-    # appearance
+    hand_params.update(global_orient=matrix_to_rotvec(R_c).tolist(), transl=transl_c.tolist())
+    # appearance, then the maps and the image (r: the render of the chosen camera)
     mat = random_material(rng)
     skin = random_skin_tone(rng)
     light = random_lighting(rng)
     obj_colors = Texture.of(obj, mat)     # patterns per pixel, in object coordinates
     hand_colors = vertex_colors(hand_w, skin)
-    image = shade([hand_c, obj_c], [hand_colors, obj_colors], cam, light, rng=rng)
+    maps = render_frame(hand_c, obj_c, cam, hand_colors=hand_colors, object_colors=obj_colors,
+                        lighting=light, rng=rng, rendered=r)
     L = float((obj.vertices.max(0).values - obj.vertices.min(0).values).max())
     gen_to_obj = Similarity(torch.tensor(L / GEN_BOX_SIDE, dtype=torch.float64),
                             torch.eye(3, dtype=torch.float64),
@@ -170,21 +168,69 @@ def make_scene(source, *, seed: int = 0, index: int = 0, image_size: int = 256,
             "object_size_m": L, "gen_to_camera": gen_to_camera.to_dict(),
             "world_to_camera": w2c.to_dict(),
             "object_watertight": bool(obj.metadata.get("watertight", True)),
-            "material": _plain(mat), "skin": _plain(skin), "lighting": _plain(light)}
+            **look_metadata(mat, skin, light)}
     hand_c.metadata.clear()
     obj_c.metadata.clear()
-    return Scene(scene_id=scene_id or f"{index:04d}", camera=cam, image=image,
-                 mask_hand=mask_hand, mask_object=mask_obj, mask_hand_amodal=amodal_hand,
-                 mask_object_amodal=amodal_obj, depth=depth, normals=normals,
-                 hand_mesh=hand_c.to(dtype=torch.float32), object_mesh=obj_c.to(dtype=torch.float32),
+    return Scene(scene_id=scene_id or f"{index:04d}", camera=cam, **maps,
+                 hand_mesh=hand_c.to(dtype=torch.float32),
+                 object_mesh=obj_c.to(dtype=torch.float32),
                  hand_keypoints_3d=kp_c.numpy(), keypoints_2d=kp2.numpy(),
                  hand_params=hand_params, object_source=src_name, metadata=meta)
+
+
+def render_frame(hand: Mesh, obj: Mesh, camera: Camera, *,
+                 hand_colors: torch.Tensor | Texture, object_colors: torch.Tensor | Texture,
+                 lighting: Lighting, rng: np.random.Generator | None = None,
+                 rendered: RenderOutput | None = None) -> dict[str, np.ndarray]:
+    """Render and shade one frame of a hand holding an object: the image and its ground-truth
+    maps, as the keyword arguments of :class:`~hoiguide.synth.scene.Scene` they fill.
+
+    The step shared by :func:`make_scene` and :func:`hoiguide.synth.clip.make_clip`: one
+    :func:`~hoiguide.render.render` of ``[hand, obj]`` with amodal masks (the hand is mesh 0,
+    the object mesh 1; they occlude each other), then
+    :func:`~hoiguide.synth.appearance.shade` with the given colours and lighting.
+
+    Args:
+        hand, obj: the hand and the object in the image-aligned camera frame (OpenCV: +x
+            right, +y down, +z forward, metres, camera at the origin).
+        camera: the pinhole camera (pixels); the maps are ``camera.height x camera.width``.
+        hand_colors, object_colors: per-vertex colours or a
+            :class:`~hoiguide.synth.appearance.Texture` (as :func:`~hoiguide.synth.appearance.shade`
+            takes them).
+        lighting: the scene's lights (:func:`~hoiguide.synth.appearance.random_lighting`).
+        rng: generator of the sensor noise (:func:`~hoiguide.synth.appearance.shade`); the
+            same generator state gives the same image.
+        rendered: the render of exactly these meshes and camera with ``amodal=True`` when the
+            caller already has it (it is not rendered again).
+
+    Returns:
+        ``image`` ``(H, W, 3)`` uint8; ``mask_hand``, ``mask_object`` (visible) and
+        ``mask_hand_amodal``, ``mask_object_amodal`` (as if alone, coverage > 0.5) ``(H, W)``
+        bool; ``depth`` ``(H, W)`` float32 metres along +z (0 where empty); ``normals``
+        ``(H, W, 3)`` float32 unit normals in the camera frame (0 where empty).
+    """
+    r = rendered if rendered is not None else render([hand, obj], camera, amodal=True)
+    image = shade([hand, obj], [hand_colors, object_colors], camera, lighting, rng=rng)
+    return {"image": image,
+            "mask_hand": (r.mesh_id == 0).numpy(), "mask_object": (r.mesh_id == 1).numpy(),
+            "mask_hand_amodal": (r.amodal[0] > 0.5).numpy(),
+            "mask_object_amodal": (r.amodal[1] > 0.5).numpy(),
+            "depth": r.depth.numpy().astype(np.float32),
+            "normals": r.normals.numpy().astype(np.float32)}
+
+
+def look_metadata(material: Material, skin: Material, lighting: Lighting) -> dict[str, Any]:
+    """A scene's look as JSON-ready metadata: ``{"material", "skin", "lighting"}`` (each
+    dataclass as a dict of plain numbers and lists), as recorded in ``scene.json``."""
+    return {"material": _plain(material), "skin": _plain(skin), "lighting": _plain(lighting)}
 
 
 _HAND_CACHE: dict[str, Any] = {}
 
 
-def _default_hand():
+def default_hand() -> Any:
+    """The synthetic scenes' hand: one shared
+    :class:`~hoiguide.hands.ProceduralHand` (right side), made on first use."""
     if "right" not in _HAND_CACHE:
         from hoiguide.hands import ProceduralHand
 
@@ -192,13 +238,20 @@ def _default_hand():
     return _HAND_CACHE["right"]
 
 
-def _rotmat(rotvec: np.ndarray) -> np.ndarray:
+_default_hand = default_hand   # the former private name (tests import it)
+
+
+def rotvec_to_matrix(rotvec: np.ndarray) -> np.ndarray:
+    """``(3,)`` axis-angle (radians; the hand model's ``global_orient``) -> ``(3, 3)`` float64
+    rotation matrix, in NumPy (the synthetic scenes' hand parameters are NumPy)."""
     from scipy.spatial.transform import Rotation
 
     return Rotation.from_rotvec(np.asarray(rotvec, np.float64)).as_matrix()
 
 
-def _rotvec(R: np.ndarray) -> np.ndarray:
+def matrix_to_rotvec(R: np.ndarray) -> np.ndarray:
+    """``(3, 3)`` rotation matrix -> ``(3,)`` float64 axis-angle (radians), the inverse of
+    :func:`rotvec_to_matrix`."""
     from scipy.spatial.transform import Rotation
 
     return Rotation.from_matrix(np.asarray(R, np.float64)).as_rotvec()

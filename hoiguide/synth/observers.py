@@ -32,6 +32,13 @@ Error models (per scene, drawn from a seeded generator):
   samples of the true hand and object in the object's generator frame, with Gaussian noise
   of ``coarse_noise`` (generator units, the [-1, 1] box) and a random affine distortion of
   ``coarse_affine`` (relative).
+
+:func:`simulate_observations` is two steps, public for callers that need something between
+them: :func:`run_observers` (every observer, drawing from one random stream) and
+:func:`align_observer_outputs` (the alignment chain). The clip observers
+(:func:`hoiguide.synth.clip.simulate_clip_observations`) run the first on every frame with
+temporally correlated draws, sample the generator's object once on the reference frame, then
+run the second per frame.
 """
 
 from __future__ import annotations
@@ -58,8 +65,10 @@ from hoiguide.types import Mesh, Observations, Similarity
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ObserverNoise", "simulate_observations", "observe_masks", "observe_depth",
-           "observe_hand", "inpaint_object", "coarse_hoi_geometry", "coarse_object_sample", "stable_seed"]
+__all__ = ["ObserverNoise", "simulate_observations", "ObserverOutputs", "run_observers",
+           "align_observer_outputs", "observe_masks", "observe_depth", "observe_hand",
+           "inpaint_object", "coarse_hoi_geometry", "coarse_object_sample", "union_image",
+           "scene_gen_to_camera", "stable_seed"]
 
 
 @dataclass(frozen=True)
@@ -328,17 +337,119 @@ def coarse_object_sample(backbone: Any, object_image: np.ndarray, *, num_steps: 
     return mesh.to(dtype=torch.float64)
 
 
-def _union_image(image: np.ndarray, union: np.ndarray) -> np.ndarray:
-    """The crop with everything outside the union mask whitened, as RGBA."""
+def union_image(image: np.ndarray, union: np.ndarray) -> np.ndarray:
+    """The generator's input for the coarse hand-object mesh: ``image`` (``(H, W, 3|4)``
+    uint8) with every pixel outside the ``(H, W)`` bool ``union`` mask whitened, as
+    ``(H, W, 4)`` uint8 RGBA (alpha 255 inside the union)."""
     rgb = np.where(union[..., None], image[..., :3], 255).astype(np.uint8)
     return np.concatenate([rgb, union[..., None].astype(np.uint8) * 255], -1)
 
 
 # ---------------------------------------------------------------------- all together
+@dataclass
+class ObserverOutputs:
+    """What the simulated observers report for one scene, before the alignment chain.
+
+    Attributes:
+        masks: ``mask_hand``, ``mask_object`` (visible, without the hand) and
+            ``mask_object_amodal``: ``(H, W)`` bool each (:func:`observe_masks`).
+        point_map: ``(H, W, 3)`` camera-frame points at the observer's metric scale
+            (metres); ``point_valid`` ``(H, W)`` bool; ``depth_scale`` the drawn global scale
+            (:func:`observe_depth`).
+        hand_mesh, hand_keypoints_3d, keypoints_2d: the observed hand in the camera frame
+            (metres) and its keypoints (``(21, 3)`` metres, ``(21, 2)`` pixels;
+            :func:`observe_hand`).
+        coarse_hoi, coarse_kind: the coarse hand-object geometry in the generator frame and
+            where it came from (:func:`coarse_hoi_geometry`).
+        object_image: the inpainted object, ``(s, s, 4)`` uint8 (:func:`inpaint_object`).
+    """
+
+    masks: dict[str, np.ndarray]
+    point_map: np.ndarray
+    point_valid: np.ndarray
+    depth_scale: float
+    hand_mesh: Mesh
+    hand_keypoints_3d: torch.Tensor
+    keypoints_2d: torch.Tensor
+    coarse_hoi: Any
+    coarse_kind: str
+    object_image: np.ndarray
+
+
+def run_observers(scene: Scene, noise: ObserverNoise, rng: Any, *, backbone: Any = None,
+                  seed: int = 0, object_image_size: int = 256) -> ObserverOutputs:
+    """Run every simulated observer on ``scene`` (segmentation, monocular geometry, hand
+    recovery, coarse hand-object geometry, inpainting, in that order), drawing from ``rng``.
+
+    Args:
+        scene: a synthetic scene (its ground truth only simulates the observers).
+        noise: the error strengths.
+        rng: a :class:`numpy.random.Generator` or anything with the same ``normal`` /
+            ``standard_normal`` / ``uniform`` / ``random`` / ``integers`` methods (e.g.
+            :class:`hoiguide.synth.clip.CorrelatedDraws`); the same state gives the same
+            outputs.
+        backbone: when given, the coarse hand-object mesh is its unguided sample on the union
+            crop (seeded by ``seed``); else noisy ground-truth geometry.
+        seed: the backbone sample's seed.
+        object_image_size: side of the square object image (pixels).
+
+    Raises:
+        ValueError: the observed object mask is empty (nothing to inpaint).
+    """
+    masks = observe_masks(scene, noise, rng)
+    point_map, valid, depth_scale = observe_depth(scene, noise, rng)
+    hand_mesh, kp3, kp2 = observe_hand(scene, noise, rng)
+    union = masks["mask_hand"] | masks["mask_object"]
+    coarse, coarse_kind = coarse_hoi_geometry(scene, noise, rng, backbone=backbone,
+                                              union_image=union_image(scene.image, union),
+                                              seed=seed)
+    obj_img = inpaint_object(scene.image, masks["mask_hand"], masks["mask_object_amodal"],
+                             dilate_px=noise.inpaint_dilate_px, size=object_image_size)
+    return ObserverOutputs(masks=masks, point_map=point_map, point_valid=valid,
+                           depth_scale=depth_scale, hand_mesh=hand_mesh, hand_keypoints_3d=kp3,
+                           keypoints_2d=kp2, coarse_hoi=coarse, coarse_kind=coarse_kind,
+                           object_image=obj_img)
+
+
+def align_observer_outputs(scene: Scene, outputs: ObserverOutputs, *, noise: ObserverNoise,
+                           seed: int = 0, alignment: Any = None, coarse_object: Mesh | None = None,
+                           metadata: dict[str, Any] | None = None) -> Observations:
+    """The alignment chain (:func:`hoiguide.alignment.build_observations`) on the observers'
+    outputs for ``scene``: partial points, target maps, ICP a and b, and ICP c when
+    ``coarse_object`` (the generator's object sample, generator frame) is given.
+
+    ``metadata`` (e.g. a clip's id and frame index) is recorded beside the scene id, the noise
+    strengths, the drawn depth scale, the coarse mesh's kind, ``seed`` and
+    ``gen_to_image_true`` (the generator -> image similarity a perfect alignment would give:
+    the observer's depth scale times the scene's generator -> camera map; diagnostics only).
+
+    Returns:
+        :class:`~hoiguide.types.Observations` in the image-aligned frame (metres).
+    """
+    g2c = scene_gen_to_camera(scene)
+    g2i_true = Similarity(torch.tensor(outputs.depth_scale, dtype=torch.float64),
+                          torch.eye(3, dtype=torch.float64),
+                          torch.zeros(3, dtype=torch.float64)).compose(g2c)
+    meta = {"scene_id": scene.scene_id, **(metadata or {}), "observer_noise": noise.to_dict(),
+            "depth_scale": outputs.depth_scale, "coarse_hoi": outputs.coarse_kind,
+            "seed": int(seed), "gen_to_image_true": g2i_true.to_dict()}
+    m = outputs.masks
+    return build_observations(
+        camera=scene.camera, image=scene.image, mask_hand=m["mask_hand"],
+        mask_object=m["mask_object"], object_image=outputs.object_image,
+        point_map=outputs.point_map, point_valid=outputs.point_valid,
+        hand_mesh=outputs.hand_mesh, coarse_hoi=outputs.coarse_hoi,
+        hand_keypoints_3d=outputs.hand_keypoints_3d, keypoints_2d=outputs.keypoints_2d,
+        mask_object_amodal=m["mask_object_amodal"], options=alignment, seed=seed,
+        metadata=meta, coarse_object=coarse_object)
+
+
 def simulate_observations(scene: Scene, *, backbone: Any = None,
                           noise: "str | float | ObserverNoise" = "default", seed: int = 0,
-                          alignment: Any = None, object_image_size: int = 256) -> Observations:
-    """Run every simulated observer on ``scene`` and the alignment chain.
+                          alignment: Any = None, object_image_size: int = 256,
+                          rng: Any = None) -> Observations:
+    """Run every simulated observer on ``scene`` and the alignment chain
+    (:func:`run_observers`, then :func:`align_observer_outputs`).
 
     Args:
         scene: a synthetic scene (ground truth is used only to simulate the observers).
@@ -347,9 +458,13 @@ def simulate_observations(scene: Scene, *, backbone: Any = None,
             places the object (ICP c, :func:`hoiguide.alignment.place_object`); else noisy
             ground-truth geometry.
         noise: ``"default"``, ``"none"``, a strength multiplier or an :class:`ObserverNoise`.
-        seed: seeds every observer (same seed, same observations).
+        seed: seeds every observer (same seed, same observations) unless ``rng`` is given;
+            also seeds the backbone's samples and the alignment.
         alignment: :class:`hoiguide.alignment.AlignmentOptions`.
         object_image_size: side of the square object image (pixels).
+        rng: the observers' random stream (a :class:`numpy.random.Generator` or a
+            duck-typed one such as :class:`hoiguide.synth.clip.CorrelatedDraws`); default
+            ``numpy.random.default_rng(stable_seed("observe", scene.scene_id, seed))``.
 
     Returns:
         :class:`~hoiguide.types.Observations` in the image-aligned frame; ``metadata`` has
@@ -359,29 +474,12 @@ def simulate_observations(scene: Scene, *, backbone: Any = None,
     """
 
     nz = ObserverNoise.preset(noise)
-    rng = np.random.default_rng(stable_seed("observe", scene.scene_id, seed))
-    masks = observe_masks(scene, nz, rng)
-    point_map, valid, depth_scale = observe_depth(scene, nz, rng)
-    hand_mesh, kp3, kp2 = observe_hand(scene, nz, rng)
-    obj_img = inpaint_object(scene.image, masks["mask_hand"], masks["mask_object_amodal"],
-                             dilate_px=nz.inpaint_dilate_px, size=object_image_size)
-    union = masks["mask_hand"] | masks["mask_object"]
-    coarse, coarse_kind = coarse_hoi_geometry(scene, nz, rng, backbone=backbone,
-                                              union_image=_union_image(scene.image, union),
-                                              seed=seed)
+    if rng is None:
+        rng = np.random.default_rng(stable_seed("observe", scene.scene_id, seed))
+    outputs = run_observers(scene, nz, rng, backbone=backbone, seed=seed,
+                            object_image_size=object_image_size)
     coarse_object = None
     if backbone is not None:
-        coarse_object = coarse_object_sample(backbone, obj_img, seed=seed)
-    g2c = scene_gen_to_camera(scene)
-    g2i_true = Similarity(torch.tensor(depth_scale, dtype=torch.float64),
-                          torch.eye(3, dtype=torch.float64),
-                          torch.zeros(3, dtype=torch.float64)).compose(g2c)
-    meta = {"scene_id": scene.scene_id, "observer_noise": nz.to_dict(),
-            "depth_scale": depth_scale, "coarse_hoi": coarse_kind, "seed": int(seed),
-            "gen_to_image_true": g2i_true.to_dict()}
-    return build_observations(
-        camera=scene.camera, image=scene.image, mask_hand=masks["mask_hand"],
-        mask_object=masks["mask_object"], object_image=obj_img, point_map=point_map,
-        point_valid=valid, hand_mesh=hand_mesh, coarse_hoi=coarse, hand_keypoints_3d=kp3,
-        keypoints_2d=kp2, mask_object_amodal=masks["mask_object_amodal"], options=alignment,
-        seed=seed, metadata=meta, coarse_object=coarse_object)
+        coarse_object = coarse_object_sample(backbone, outputs.object_image, seed=seed)
+    return align_observer_outputs(scene, outputs, noise=nz, seed=seed, alignment=alignment,
+                                  coarse_object=coarse_object)
