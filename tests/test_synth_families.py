@@ -181,10 +181,10 @@ def test_object_source_refuses_inconsistent_seeds():
 def test_a_grasp_is_found_on_every_family():
     """Two validation instances per family: the grasp synthesis finds a grasp that touches
     without penetrating (within its 2 mm tolerance)."""
-    from hoiguide.synth.generate import _default_hand
+    from hoiguide.synth.generate import default_hand
     from hoiguide.synth.grasp import GraspError, synthesize_grasp
 
-    hand = _default_hand()
+    hand = default_hand()
     failed = []
     for name in PROCEDURAL_KINDS:
         for seed in VAL_SEEDS[:2]:

@@ -11,9 +11,9 @@ from hoiguide.synth.objects import load_object, parse_object_spec
 
 @pytest.fixture(scope="module")
 def hand():
-    from hoiguide.synth.generate import _default_hand
+    from hoiguide.synth.generate import default_hand
 
-    return _default_hand()
+    return default_hand()
 
 
 def test_hand_frame_is_orthonormal_and_points_along_the_fingers(hand):

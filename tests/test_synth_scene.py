@@ -57,10 +57,10 @@ def test_keypoints_reproject_and_sit_on_the_hand(scene):
 
 
 def test_hand_parameters_reproduce_the_hand_mesh(scene):
-    from hoiguide.synth.generate import _default_hand
+    from hoiguide.synth.generate import default_hand
 
     hp = scene.hand_params
-    hand = _default_hand()
+    hand = default_hand()
     out = hand(global_orient=torch.tensor([hp["global_orient"]], dtype=torch.float64),
                hand_pose=torch.tensor([hp["hand_pose"]], dtype=torch.float64),
                betas=torch.tensor([hp["betas"]], dtype=torch.float64),

@@ -238,9 +238,6 @@ def default_hand() -> Any:
     return _HAND_CACHE["right"]
 
 
-_default_hand = default_hand   # the former private name (tests import it)
-
-
 def rotvec_to_matrix(rotvec: np.ndarray) -> np.ndarray:
     """``(3,)`` axis-angle (radians; the hand model's ``global_orient``) -> ``(3, 3)`` float64
     rotation matrix, in NumPy (the synthetic scenes' hand parameters are NumPy)."""
