@@ -9,6 +9,8 @@ import logging
 import re
 from typing import Any
 
+from hoiguide.adapters.models import Models
+from hoiguide.adapters.options import PipelineOptions
 from hoiguide.backbones.spec import BackboneSpecError
 from hoiguide.backbones.spec import load_backbone as _load_backbone
 from hoiguide.guidance.records import GuidanceOptions
@@ -133,3 +135,42 @@ def backbone_arg(spec: str, device: "str | None" = None) -> Any:
         raise
     except (ValueError, FileNotFoundError, ImportError, OSError, RuntimeError) as exc:
         raise UsageError(f"--backbone {spec}: {first_line(exc)}") from None
+
+
+def intrinsics_arg(text: Any) -> Any:
+    """``--intrinsics FX,FY,CX,CY`` (pixels) as a 4-tuple, or ``None`` when not given."""
+    if text is None:
+        return None
+    try:
+        vals = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        vals = ()
+    if len(vals) != 4 or not all(v == v and abs(v) != float("inf") for v in vals) or \
+            vals[0] <= 0 or vals[1] <= 0:
+        raise UsageError(f"--intrinsics: expected FX,FY,CX,CY (pixels, focal lengths > 0), "
+                         f"got {text!r}")
+    return vals
+
+
+def models_arg(spec: Any, pipeline_options: dict, device: Any,
+               backbone: Any) -> tuple[Models, dict]:
+    """The photo chain's models from ``--models`` (``default``, ``offline`` or a YAML file),
+    moved to ``--device`` and with ``--backbone`` replacing the generator, and the chain's
+    options: the models file's ``pipeline_options`` updated by ``--pipeline-option`` values,
+    checked (raises UsageError, ModelsConfigError, ModelLoadError, ImportError)."""
+    if spec in (None, "default"):
+        models = Models.default()
+    elif spec == "offline":
+        models = Models.offline()
+    else:
+        models = Models.from_yaml(spec)
+    merged = {**models.pipeline_options, **pipeline_options}
+    try:
+        PipelineOptions.coerce(merged or None)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"--pipeline-option: {first_line(exc)}") from None
+    if device is not None:
+        models = models.with_device(device)
+    if backbone is not None:
+        models = models.replace(backbone=backbone_arg(backbone, device))
+    return models, merged

@@ -20,17 +20,18 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
-from hoiguide.adapters.models import ModelLoadError, Models, ModelsConfigError
-from hoiguide.adapters.pipeline import ImageError, PipelineOptions
+from hoiguide.adapters.models import ModelLoadError, ModelsConfigError
+from hoiguide.adapters.pipeline import ImageError
 from hoiguide.apps.photo import OUTPUT_FILES, RESULT_KIND, reconstruct_image
 from hoiguide.cli.common import (
     Formatter,
     UsageError,
-    backbone_arg,
     first_line,
     guidance_options,
+    intrinsics_arg,
+    models_arg,
     output_folder,
     parse_option,
     seed_arg,
@@ -105,27 +106,13 @@ def register(subparsers: Any, parents: Sequence[argparse.ArgumentParser] = ()
     return s
 
 
-def _intrinsics(text: Optional[str]) -> Optional[tuple[float, ...]]:
-    if text is None:
-        return None
-    try:
-        vals = tuple(float(x) for x in text.split(","))
-    except ValueError:
-        vals = ()
-    if len(vals) != 4 or not all(v == v and abs(v) != float("inf") for v in vals) or \
-            vals[0] <= 0 or vals[1] <= 0:
-        raise UsageError(f"--intrinsics: expected FX,FY,CX,CY (pixels, focal lengths > 0), "
-                         f"got {text!r}")
-    return vals
-
-
 def run(args: argparse.Namespace) -> int:
     """Run ``hoiguide reconstruct`` (see the module docstring for the exit codes)."""
 
     quiet = bool(getattr(args, "quiet", False))
     try:
         pipeline_options = dict(parse_option(o) for o in args.pipeline_option)
-        intrinsics = _intrinsics(args.intrinsics)
+        intrinsics = intrinsics_arg(args.intrinsics)
         image = Path(args.image).expanduser()
         if image.is_dir():
             raise UsageError(f"{image}: is a folder, not an image file (give one photo; "
@@ -136,22 +123,8 @@ def run(args: argparse.Namespace) -> int:
         # the cheap checks first, then the models
         load_schedule(args.preset)
         options = guidance_options(args.option)
-        spec = args.models
-        if spec in (None, "default"):
-            models = Models.default()
-        elif spec == "offline":
-            models = Models.offline()
-        else:
-            models = Models.from_yaml(spec)
-        merged = {**models.pipeline_options, **pipeline_options}
-        try:
-            PipelineOptions.coerce(merged or None)
-        except (TypeError, ValueError) as exc:
-            raise UsageError(f"--pipeline-option: {first_line(exc)}") from None
-        if args.device is not None:
-            models = models.with_device(args.device)
-        if args.backbone is not None:
-            models = models.replace(backbone=backbone_arg(args.backbone, args.device))
+        models, merged = models_arg(args.models, pipeline_options, args.device,
+                                    args.backbone)
     except (UsageError, ModelsConfigError, ScheduleError, FileNotFoundError) as exc:
         log.error("%s", first_line(exc))
         return 2

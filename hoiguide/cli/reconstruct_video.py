@@ -25,8 +25,7 @@ import logging
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from hoiguide.adapters.models import ModelLoadError, Models, ModelsConfigError
-from hoiguide.adapters.pipeline import PipelineOptions
+from hoiguide.adapters.models import ModelLoadError, ModelsConfigError
 from hoiguide.apps.video import (
     DEFAULT_VIDEO_SCHEDULE,
     OUTPUT_FILES,
@@ -36,14 +35,15 @@ from hoiguide.apps.video import (
 from hoiguide.cli.common import (
     Formatter,
     UsageError,
-    backbone_arg,
     first_line,
     guidance_options,
+    intrinsics_arg,
+    models_arg,
     output_folder,
     parse_option,
     seed_arg,
 )
-from hoiguide.cli.reconstruct import MODELS_HELP, _intrinsics
+from hoiguide.cli.reconstruct import MODELS_HELP
 from hoiguide.phases import ScheduleError, load_schedule
 from hoiguide.videoio import DEFAULT_MAX_FRAMES
 
@@ -139,29 +139,15 @@ def run(args: argparse.Namespace) -> int:
                                  f"got {v}")
         _positive("fps", args.fps)
         pipeline_options = dict(parse_option(o) for o in args.pipeline_option)
-        intrinsics = _intrinsics(args.intrinsics)
+        intrinsics = intrinsics_arg(args.intrinsics)
         clip = Path(args.clip).expanduser()
         if not clip.exists():
             raise UsageError(f"no such video file or frame folder: {clip}")
         output_folder(args.out, RESULT_KIND, OUTPUT_FILES)
         load_schedule(args.schedule)
         options = guidance_options(args.option)
-        spec = args.models
-        if spec in (None, "default"):
-            models = Models.default()
-        elif spec == "offline":
-            models = Models.offline()
-        else:
-            models = Models.from_yaml(spec)
-        merged = {**models.pipeline_options, **pipeline_options}
-        try:
-            PipelineOptions.coerce(merged or None)
-        except (TypeError, ValueError) as exc:
-            raise UsageError(f"--pipeline-option: {first_line(exc)}") from None
-        if args.device is not None:
-            models = models.with_device(args.device)
-        if args.backbone is not None:
-            models = models.replace(backbone=backbone_arg(args.backbone, args.device))
+        models, merged = models_arg(args.models, pipeline_options, args.device,
+                                    args.backbone)
     except (UsageError, ModelsConfigError, ScheduleError, FileNotFoundError) as exc:
         log.error("%s", first_line(exc))
         return 2
