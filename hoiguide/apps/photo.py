@@ -86,6 +86,26 @@ def _observations_picture(tmp: Path, obs: Any) -> list[str]:
     return []
 
 
+def check_run_arguments(models: Any, options: Any, schedule: Any, guidance_options: Any,
+                        object_name: Any, seed: Any, left_hand: Any, turntable_views: Any,
+                        turntable_size: Any) -> tuple[Any, Any, Any, Any]:
+    """Check a photo or clip run's arguments before anything is read or written:
+    ``(models, pipeline options, schedule, guidance options)``; the pipeline options default
+    to the models file's. Raises ValueError / TypeError / ScheduleError naming the argument."""
+    mdl = Models.load(models)
+    if options is None:
+        options = mdl.pipeline_options or None
+    opts = PipelineOptions.coerce(options)
+    sched = load_schedule(schedule)
+    gopts = GuidanceOptions.coerce(guidance_options)
+    check_chain_arguments(object_name, seed, left_hand)
+    for name, v, lo in (("turntable_views", turntable_views, 1),
+                        ("turntable_size", turntable_size, 8)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise ValueError(f"{name}: expected an integer >= {lo}, got {v!r}")
+    return mdl, opts, sched, gopts
+
+
 def reconstruct_image(image: Any, out_dir: Union[str, Path], *, models: Any = None,
                       schedule: Any = DEFAULT_SCHEDULE, seed: int = 0, object_name: str = "object",
                       camera: Any = None, left_hand: Optional[bool] = None,
@@ -148,17 +168,9 @@ def reconstruct_image(image: Any, out_dir: Union[str, Path], *, models: Any = No
     """
     t_start = time.perf_counter()
     out = Path(out_dir).expanduser()
-    mdl = Models.load(models)
-    if options is None:
-        options = mdl.pipeline_options or None
-    opts = PipelineOptions.coerce(options)
-    sched = load_schedule(schedule)
-    gopts = GuidanceOptions.coerce(guidance_options)
-    check_chain_arguments(object_name, seed, left_hand)
-    for name, v, lo in (("turntable_views", turntable_views, 1),
-                        ("turntable_size", turntable_size, 8)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-            raise ValueError(f"{name}: expected an integer >= {lo}, got {v!r}")
+    mdl, opts, sched, gopts = check_run_arguments(
+        models, options, schedule, guidance_options, object_name, seed, left_hand,
+        turntable_views, turntable_size)
     check_output_folder(out, RESULT_KIND, OUTPUT_FILES)
     img, img_info = load_image(image, max_megapixels=opts.max_megapixels)
     H, W = img.shape[:2]

@@ -21,20 +21,16 @@ import numpy as np
 
 import hoiguide.api as _api
 from hoiguide.adapters.clip import clip_observations_from_frames, clip_to_full_frame
-from hoiguide.adapters.models import Models
 from hoiguide.adapters.pipeline import (
     PipelineError,
     PipelineOptions,
     check_camera,
-    check_chain_arguments,
 )
 from hoiguide.apps.outputs import OUTPUT_FILES as _DRAWN
 from hoiguide.apps.outputs import write_outputs
-from hoiguide.apps.photo import _options_dict
+from hoiguide.apps.photo import _options_dict, check_run_arguments
 from hoiguide.backbones.spec import load_backbone
-from hoiguide.guidance.records import GuidanceOptions
 from hoiguide.io import check_output_folder, commit_folder, write_json
-from hoiguide.phases import load_schedule
 from hoiguide.result import HAND_COLOR, OBJECT_COLOR, ClipReconstruction
 from hoiguide.types import Camera
 from hoiguide.videoio import read_frames
@@ -204,17 +200,9 @@ def reconstruct_video(clip: Union[str, Path], out_dir: Union[str, Path], *,
     """
     t_start = time.perf_counter()
     out = Path(out_dir).expanduser()
-    mdl = Models.load(models)
-    if options is None:
-        options = mdl.pipeline_options or None
-    opts = PipelineOptions.coerce(options)
-    sched = load_schedule(schedule)
-    gopts = GuidanceOptions.coerce(guidance_options)
-    check_chain_arguments(object_name, seed, left_hand)
-    for name, v, lo in (("turntable_views", turntable_views, 1),
-                        ("turntable_size", turntable_size, 8)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-            raise ValueError(f"{name}: expected an integer >= {lo}, got {v!r}")
+    mdl, opts, sched, gopts = check_run_arguments(
+        models, options, schedule, guidance_options, object_name, seed, left_hand,
+        turntable_views, turntable_size)
     check_output_folder(out, RESULT_KIND, OUTPUT_FILES)
     t = time.perf_counter()
     frames, clip_info = read_frames(clip, every=every, max_frames=max_frames,
