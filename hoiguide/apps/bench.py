@@ -112,26 +112,36 @@ def resolve_scenes(scenes: Union[PathLike, Sequence[PathLike]],
         hoiguide.synth.scene.SceneFormatError: a malformed manifest.
     """
 
-    items = [scenes] if isinstance(scenes, (str, Path)) else list(scenes)
+    return resolve_folders(scenes, _scene_entries, "scene", "scene folder", "scenes", limit)
+
+
+def resolve_folders(items: Any, entries: Any, noun: str, folder: str, plural: str,
+                    limit: Optional[int] = None) -> list[tuple[str, Path]]:
+    """``(id, folder)`` of every item of a set: ``items`` is one folder or a sequence of
+    folders, ``entries(folder)`` lists ``(id, path)`` (e.g. a manifest's scenes or clips);
+    ``noun`` / ``folder`` / ``plural`` name them in errors. Raises :class:`BenchmarkError`
+    (one line) for no items, a missing folder, a malformed manifest, duplicate or unusable
+    ids, or a bad ``limit``."""
+    items = [items] if isinstance(items, (str, Path)) else list(items)
     if not items:
-        raise BenchmarkError("bench: expected at least one scene folder, got none")
+        raise BenchmarkError(f"bench: expected at least one {folder}, got none")
     found: list[tuple[str, Path]] = []
     for item in items:
         d = Path(item).expanduser()
         if not d.is_dir():
-            raise BenchmarkError(f"bench: no such scene folder: {d}")
+            raise BenchmarkError(f"bench: no such {folder}: {d}")
         try:
-            found.extend(_scene_entries(d))
+            found.extend(entries(d))
         except SceneFormatError as exc:
             raise BenchmarkError(f"bench: {exc}") from None
     if not found:
-        raise BenchmarkError(f"bench: no scenes in {', '.join(str(i) for i in items)}")
+        raise BenchmarkError(f"bench: no {plural} in {', '.join(str(i) for i in items)}")
     seen: dict[str, Path] = {}
     for sid, p in found:
         if sid in seen:
-            raise BenchmarkError(f"bench: duplicate scene id {sid!r} ({seen[sid]} and {p})")
+            raise BenchmarkError(f"bench: duplicate {noun} id {sid!r} ({seen[sid]} and {p})")
         if not sid or "/" in sid or sid in (".", ".."):
-            raise BenchmarkError(f"bench: scene id {sid!r} cannot be a file name")
+            raise BenchmarkError(f"bench: {noun} id {sid!r} cannot be a file name")
         seen[sid] = p
     if limit is not None:
         if isinstance(limit, bool) or int(limit) != limit or int(limit) < 1:

@@ -53,7 +53,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
-from hoiguide.apps.bench import BenchmarkError, resolve_presets
+from hoiguide.apps.bench import BenchmarkError, resolve_folders, resolve_presets
 from hoiguide.apps.score import (
     backbone_name as name_of_backbone,
 )
@@ -69,7 +69,6 @@ from hoiguide.eval.clip import clip_metrics
 from hoiguide.guidance.engine import GuidanceOptions
 from hoiguide.io import failure_record, fingerprint, read_json, write_json, write_mesh
 from hoiguide.synth.clip import list_clips, load_clip
-from hoiguide.synth.scene import SceneFormatError
 
 __all__ = ["run_clip_benchmark", "summarize_clips", "format_clip_table", "resolve_clips",
            "resolve_runs",
@@ -117,33 +116,7 @@ def resolve_clips(clips: Union[PathLike, Sequence[PathLike]], limit: Optional[in
         BenchmarkError: no clips, a missing folder, a malformed manifest, duplicate ids or a
             bad ``limit`` (one line).
     """
-    items = [clips] if isinstance(clips, (str, Path)) else list(clips)
-    if not items:
-        raise BenchmarkError("bench: expected at least one clips folder, got none")
-    found: list[tuple[str, Path]] = []
-    for item in items:
-        d = Path(item).expanduser()
-        if not d.is_dir():
-            raise BenchmarkError(f"bench: no such clips folder: {d}")
-        try:
-            found.extend(list_clips(d))
-        except SceneFormatError as exc:
-            raise BenchmarkError(f"bench: {exc}") from None
-    seen: dict[str, Path] = {}
-    for cid, p in found:
-        if cid in seen:
-            raise BenchmarkError(f"bench: duplicate clip id {cid!r} ({seen[cid]} and {p})")
-        if not cid or "/" in cid or cid in (".", ".."):
-            raise BenchmarkError(f"bench: clip id {cid!r} cannot be a file name")
-        seen[cid] = p
-    if not found:
-        raise BenchmarkError(f"bench: no clips in {', '.join(str(i) for i in items)}")
-    if limit is not None:
-        if isinstance(limit, bool) or int(limit) != limit or int(limit) < 1:
-            raise BenchmarkError(f"bench: expected limit to be a positive integer, got "
-                                 f"{limit!r}")
-        found = found[:int(limit)]
-    return found
+    return resolve_folders(clips, list_clips, "clip", "clips folder", "clips", limit)
 
 
 def resolve_runs(presets: Sequence[Any], per_frame: Sequence[Any]) -> list[tuple[str, str, Any]]:
